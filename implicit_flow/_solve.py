@@ -1,0 +1,214 @@
+import math
+import warnings
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ._custom_types import Params
+from ._data import Dataset
+from ._loss import AbstractLoss, SumSquareLoss
+from ._objective import diagnose, GradientFlow, Objective
+from ._result import FlowResult, Status
+
+DEFAULT_CONTROLLER = dfx.PIDController(rtol=1e-12, atol=1e-14)
+
+
+def solve_flow(
+    model: eqx.Module,
+    data: Dataset,
+    *,
+    loss: AbstractLoss = SumSquareLoss(),
+    solver: dfx.AbstractSolver = dfx.Tsit5(),
+    stepsize_controller: dfx.AbstractStepSizeController = DEFAULT_CONTROLLER,
+    gtol: float = 1e-9,
+    t1: float = math.inf,
+    dt0: float | None = None,
+    max_steps: int = 100_000,
+    ts: ArrayLike | None = None,
+    trainable: Callable[[object], bool] | Params = eqx.is_inexact_array,
+) -> FlowResult:
+    """Run the gradient flow $\\dot\\theta = -\\nabla L(\\theta)$ from `model` to a steady state.
+
+    The solve stops at the first accepted step with $\\|\\nabla L\\| <$ `gtol` (a
+    `diffrax.Event`), at `t1`, or after `max_steps`; which one is in `status`,
+    and nothing is raised for a trajectory that fails. With an explicit solver the
+    gradient norm cannot fall much below its noise floor, about
+    $\\lambda_{\\max}(\\nabla^2 L)\\,(\\text{rtol}\\,\\|\\theta\\| + \\text{atol})$: keep
+    `gtol` above it (the defaults, rtol 1e-12 and atol 1e-14 against gtol 1e-9,
+    do for well-scaled problems).
+
+    Args:
+        model: the initialization, an `eqx.Module` predictor $x \\mapsto f(x)$.
+        data: the dataset the loss is taken over.
+        loss: `SumSquareLoss()` (the paper's half-sum, default) or `MeanSquareLoss()`.
+        solver, stepsize_controller: any Diffrax solver and controller, passed
+            through (defaults: `Tsit5()` with `PIDController(rtol=1e-12, atol=1e-14)`).
+        gtol: the steady-state threshold on $\\|\\nabla L\\|_2$.
+        t1: the time limit (infinite by default).
+        dt0: the first step; None lets an adaptive controller choose.
+        max_steps: the step limit.
+        ts: optional increasing save times in [0, t1] for the diagnostics (loss,
+            $\\|\\nabla L\\|$ and the model's invariants); the trajectory itself is
+            never stored.
+        trainable: which leaves are trained, as in `eqx.partition` (a filter
+            function or a pytree of bools); the rest stay frozen. Default: every
+            inexact array.
+
+    Returns:
+        A `FlowResult`.
+
+    Raises:
+        ValueError: for a non-positive or non-finite `gtol`, a non-positive `t1`
+            or `max_steps`, a bad save grid, or a model that rejects the data's shape.
+    """
+    _check_arguments(model, data, gtol, t1, max_steps, stepsize_controller)
+    if data.x.dtype != jnp.float64:
+        warnings.warn(
+            "float64 is off, so limits are good to about 1e-6 at best: call "
+            "jax.config.update('jax_enable_x64', True) at start-up",
+            stacklevel=2,
+        )
+    if ts is not None:
+        ts = _check_ts(ts, t1)
+    params, skeleton = eqx.partition(model, trainable)
+    objective = Objective(skeleton, loss)
+    return _solve(
+        objective,
+        params,
+        data,
+        solver,
+        stepsize_controller,
+        jnp.asarray(gtol, dtype=float),
+        jnp.asarray(t1, dtype=float),
+        None if dt0 is None else jnp.asarray(dt0, dtype=float),
+        max_steps,
+        ts,
+    )
+
+
+@eqx.filter_jit
+def _solve(
+    objective: Objective,
+    params: Params,
+    data: Dataset,
+    solver: dfx.AbstractSolver,
+    controller: dfx.AbstractStepSizeController,
+    gtol: Float[Array, ""],
+    t1: Float[Array, ""],
+    dt0: Float[Array, ""] | None,
+    max_steps: int,
+    ts: Float[Array, " n_save"] | None,
+) -> FlowResult:
+    def converged(t, y, args, **kwargs):
+        del t, kwargs
+        return objective.grad_norm(y, args) < gtol
+
+    subs = [dfx.SubSaveAt(t1=True)]
+    if ts is not None:
+        subs.append(dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args)))
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(GradientFlow(objective)),
+        solver,
+        t0=0.0,
+        t1=t1,
+        dt0=dt0,
+        y0=params,
+        args=data,
+        saveat=dfx.SaveAt(subs=subs),
+        stepsize_controller=controller,
+        event=dfx.Event(converged),
+        max_steps=max_steps,
+        throw=False,
+    )
+    final = jtu.tree_map(lambda y: y[-1], sol.ys[0])
+    loss = objective(final, data)
+    grad_norm = objective.grad_norm(final, data)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    for leaf in jtu.tree_leaves(final):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    status = _status(sol.result, finite)
+    num_steps = sol.stats["num_accepted_steps"]
+    num_rejected = sol.stats["num_rejected_steps"]
+    return FlowResult(
+        init=objective.model(params),
+        model=objective.model(final),
+        loss=loss,
+        grad_norm=grad_norm,
+        t_final=sol.ts[0][-1],
+        num_steps=num_steps,
+        num_rejected=num_rejected,
+        num_vf_evals=_count_evals(solver, num_steps + num_rejected),
+        status=status,
+        ts=None if ts is None else sol.ts[1],
+        diagnostics=None if ts is None else sol.ys[1],
+    )
+
+
+def _status(result: dfx.RESULTS, finite) -> Status:
+    status = Status.where(
+        result == dfx.RESULTS.event_occurred,
+        Status.converged,
+        Status.where(
+            result == dfx.RESULTS.max_steps_reached,
+            Status.step_limit,
+            Status.where(
+                result == dfx.RESULTS.successful, Status.time_limit, Status.solver_failure
+            ),
+        ),
+    )
+    return Status.where(finite, status, Status.nonfinite)
+
+
+def _count_evals(solver, steps_tried):
+    """Gradient evaluations: the solver's new stages per tried step plus the
+    steady-state check after it, and two at the start (initial step, FSAL or
+    first check). Exact to within those start-up evaluations; -1 for solvers
+    whose stage count is not fixed (implicit ones)."""
+    tableau = getattr(solver, "tableau", None)
+    if isinstance(solver, dfx.Euler):
+        per_step = 1
+    elif isinstance(solver, dfx.AbstractERK) and isinstance(tableau, dfx.ButcherTableau):
+        per_step = len(tableau.c) + (0 if tableau.fsal else 1)
+    else:
+        return jnp.asarray(-1)
+    return (per_step + 1) * steps_tried + 2
+
+
+def _check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
+    if not isinstance(data, Dataset):
+        raise ValueError(f"data must be an implicit_flow.Dataset, got {type(data).__name__}")
+    if not (np.isfinite(gtol) and gtol > 0):
+        raise ValueError(f"gtol must be positive and finite, got {gtol}")
+    if not t1 > 0:
+        raise ValueError(f"t1 must be positive, got {t1}")
+    if not (isinstance(max_steps, int) and max_steps > 0):
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    if isinstance(controller, dfx.PIDController):
+        for name in ("rtol", "atol"):
+            value = getattr(controller, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"stepsize_controller.{name} must be positive, got {value}")
+    try:
+        out = eqx.filter_eval_shape(model, data.x[0])
+    except Exception as error:
+        raise ValueError(
+            f"the model cannot take inputs of dimension d = {data.dim}: {error}"
+        ) from error
+    if out.shape != ():
+        raise ValueError(f"the model must return a scalar, got shape {out.shape}")
+
+
+def _check_ts(ts: ArrayLike, t1: float) -> Float[Array, " n_save"]:
+    ts = np.asarray(ts, dtype=float)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"ts must be a non-empty vector, got shape {ts.shape}")
+    if not (np.all(np.isfinite(ts)) and np.all(np.diff(ts) >= 0)):
+        raise ValueError("ts must be finite and non-decreasing")
+    if ts[0] < 0 or ts[-1] > t1:
+        raise ValueError(f"ts must lie in [0, t1 = {t1}], got [{ts[0]}, {ts[-1]}]")
+    return jnp.asarray(ts)

@@ -1,0 +1,36 @@
+"""The `implicit-flow` command line: a thin front end over the library."""
+
+import argparse
+import sys
+
+import jax
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `implicit-flow` console script."""
+    # float64 is set once here, at start-up, never inside library code.
+    jax.config.update("jax_enable_x64", True)
+    from ._demo import run_demo
+
+    parser = argparse.ArgumentParser(
+        prog="implicit-flow",
+        description="Gradient flows to their limit points (implicit-bias research).",
+    )
+    commands = parser.add_subparsers(dest="command")
+    demo = commands.add_parser(
+        "demo", help="flow every built-in model from a few starts and print a table"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the starts")
+    demo.add_argument(
+        "--num-inits", type=int, default=3, help="starts per model (default 3)"
+    )
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    if args.num_inits < 1:
+        parser.error(f"--num-inits must be at least 1, got {args.num_inits}")
+    return run_demo(seed=args.seed, num_inits=args.num_inits)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
