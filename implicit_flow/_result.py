@@ -13,6 +13,7 @@ class Status(eqx.Enumeration):
     time_limit = "t1 was reached before a steady state."
     nonfinite = "The parameters or the loss became NaN or infinite."
     solver_failure = "The solver stopped for another reason (e.g. step-size underflow)."
+    diverged = "The iterates diverged (loss grew past a bound)."
     sliding = (
         "The exact flow reached a sliding mode: the field points into a kink surface "
         "from both sides (see the nonsmooth-flows issue)."
@@ -25,8 +26,17 @@ STATUS_NAMES = (
     "time_limit",
     "nonfinite",
     "solver_failure",
+    "diverged",
     "sliding",
 )
+
+
+def status_from_code(code) -> Status:
+    """The status whose name is `STATUS_NAMES[code]` (a scalar int array)."""
+    status = Status.solver_failure
+    for index, name in enumerate(STATUS_NAMES):
+        status = Status.where(code == index, getattr(Status, name), status)
+    return status
 
 
 def status_names(status: Status) -> np.ndarray:

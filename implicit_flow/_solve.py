@@ -66,7 +66,7 @@ def solve_flow(
         ValueError: for a non-positive or non-finite `gtol`, a non-positive `t1`
             or `max_steps`, a bad save grid, or a model that rejects the data's shape.
     """
-    _check_arguments(model, data, gtol, t1, max_steps, stepsize_controller)
+    check_arguments(model, data, gtol, t1, max_steps, stepsize_controller)
     if data.x.dtype != jnp.float64:
         warnings.warn(
             "float64 is off, so limits are good to about 1e-6 at best: call "
@@ -77,7 +77,7 @@ def solve_flow(
         ts = _check_ts(ts, t1)
     params, skeleton = eqx.partition(model, trainable)
     objective = Objective(skeleton, loss)
-    return _solve(
+    return solve_one(
         objective,
         params,
         data,
@@ -92,7 +92,7 @@ def solve_flow(
 
 
 @eqx.filter_jit
-def _solve(
+def solve_one(
     objective: Objective,
     params: Params,
     data: Dataset,
@@ -142,7 +142,7 @@ def _solve(
         t_final=sol.ts[0][-1],
         num_steps=num_steps,
         num_rejected=num_rejected,
-        num_vf_evals=_count_evals(solver, num_steps + num_rejected),
+        num_vf_evals=count_evals(solver, num_steps + num_rejected),
         status=status,
         ts=None if ts is None else sol.ts[1],
         diagnostics=None if ts is None else sol.ys[1],
@@ -164,7 +164,7 @@ def _status(result: dfx.RESULTS, finite) -> Status:
     return Status.where(finite, status, Status.nonfinite)
 
 
-def _count_evals(solver, steps_tried):
+def count_evals(solver, steps_tried):
     """Gradient evaluations: the solver's new stages per tried step plus the
     steady-state check after it, and two at the start (initial step, FSAL or
     first check). Exact to within those start-up evaluations; -1 for solvers
@@ -179,7 +179,7 @@ def _count_evals(solver, steps_tried):
     return (per_step + 1) * steps_tried + 2
 
 
-def _check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
+def check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be an implicit_flow.Dataset, got {type(data).__name__}")
     if not (np.isfinite(gtol) and gtol > 0):

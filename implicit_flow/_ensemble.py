@@ -1,0 +1,371 @@
+"""Many gradient flows in one compiled call, at a cost that follows the total work.
+
+`jax.vmap(diffeqsolve)` runs its batched while-loop until the slowest member ends,
+so it costs n x max_i steps_i. `LanePool` instead keeps a fixed pool of lanes busy:
+every `refill_every` steps, lanes whose flow has ended hand their result to the
+output buffers and take the next pending initialization, so the cost is about
+sum_i steps_i / lanes iterations. The steps are Diffrax's own (`solver.step`,
+`controller.adapt_step_size`), taken exactly as `diffeqsolve` takes them, so each
+member's path is the one `solve_flow` computes alone.
+"""
+
+import abc
+import math
+from collections.abc import Callable
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ._custom_types import Params
+from ._data import Dataset
+from ._loss import AbstractLoss, SumSquareLoss
+from ._objective import GradientFlow, Objective
+from ._progress import progress_bar, report_progress
+from ._result import FlowResult, status_from_code, STATUS_NAMES
+from ._samplers import AbstractSampler, sample_members
+from ._solve import check_arguments, count_evals, DEFAULT_CONTROLLER, solve_one
+
+_RUNNING, _IDLE = -1, -2
+_CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
+
+
+class _Source(eqx.Module):
+    """Initialization `i`: a row of stacked parameters, or a sampler's member i."""
+
+    stacked: Params | None
+    sampler: AbstractSampler | None
+    key: PRNGKeyArray | None
+    like: Params
+
+    def __call__(self, index: Int[Array, ""]) -> Params:
+        if self.sampler is None:
+            return jtu.tree_map(lambda a: a[index], self.stacked)
+        members = sample_members(self.sampler, self.key, index[None], self.like)
+        return jtu.tree_map(lambda a: a[0], members)
+
+
+class _Lane(eqx.Module):
+    index: Int[Array, ""]
+    code: Int[Array, ""]
+    tprev: Float[Array, ""]
+    tnext: Float[Array, ""]
+    y: Params
+    solver_state: object
+    controller_state: object
+    made_jump: Bool[Array, ""]
+    accepted: Int[Array, ""]
+    rejected: Int[Array, ""]
+
+
+class _Problem(eqx.Module):
+    """Everything a lane step needs, as one pytree."""
+
+    objective: Objective
+    data: Dataset
+    solver: dfx.AbstractSolver
+    controller: dfx.AbstractStepSizeController
+    gtol: Float[Array, ""]
+    t1: Float[Array, ""]
+    dt0: Float[Array, ""] | None
+    max_steps: int = eqx.field(static=True)
+
+    @property
+    def term(self) -> dfx.ODETerm:
+        return dfx.ODETerm(GradientFlow(self.objective))
+
+    def start(self, index: Int[Array, ""], y0: Params) -> _Lane:
+        """A lane at t = 0, initialized as `diffeqsolve` does."""
+        term, order = self.term, self.solver.error_order(self.term)
+        tnext, controller_state = self.controller.init(
+            term, 0.0, self.t1, y0, self.dt0, self.data, self.solver.func, order
+        )
+        tnext = jnp.minimum(tnext, self.t1)
+        zero = jnp.asarray(0)
+        return _Lane(
+            index=index,
+            code=jnp.asarray(_RUNNING),
+            tprev=jnp.zeros_like(tnext),
+            tnext=tnext,
+            y=y0,
+            solver_state=self.solver.init(term, 0.0, tnext, y0, self.data),
+            controller_state=controller_state,
+            made_jump=jnp.asarray(False),
+            accepted=zero,
+            rejected=zero,
+        )
+
+    def step(self, lane: _Lane) -> _Lane:
+        """One solver step with step-size adaptation, as in Diffrax's own loop."""
+        term, order = self.term, self.solver.error_order(self.term)
+        y, y_error, _, solver_state, solver_result = self.solver.step(
+            term, lane.tprev, lane.tnext, lane.y, self.data, lane.solver_state, lane.made_jump
+        )
+        y_error = jtu.tree_map(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), y_error)
+        keep, tprev, tnext, made_jump, controller_state, controller_result = (
+            self.controller.adapt_step_size(
+                lane.tprev, lane.tnext, lane.y, y, self.data, y_error, order,
+                lane.controller_state,
+            )
+        )
+        tprev = jnp.minimum(tprev, self.t1)
+        tnext = jnp.minimum(tnext, self.t1)
+        select = lambda new, old: jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, old)
+        y = select(y, lane.y)
+        accepted = lane.accepted + keep
+        rejected = lane.rejected + ~keep
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jtu.tree_leaves(y)]))
+        failed = (solver_result != dfx.RESULTS.successful) & keep
+        failed = failed | (controller_result != dfx.RESULTS.successful)
+        code = jnp.select(
+            [
+                ~finite,
+                self.objective.grad_norm(y, self.data) < self.gtol,
+                failed,
+                accepted + rejected >= self.max_steps,
+                tprev >= self.t1,
+            ],
+            [_CODE[name] for name in ("nonfinite", "converged", "solver_failure", "step_limit", "time_limit")],
+            _RUNNING,
+        )
+        new = _Lane(
+            index=lane.index,
+            code=code,
+            tprev=tprev,
+            tnext=tnext,
+            y=y,
+            solver_state=select(solver_state, lane.solver_state),
+            controller_state=controller_state,
+            made_jump=jnp.where(keep, made_jump, lane.made_jump),
+            accepted=accepted,
+            rejected=rejected,
+        )
+        running = lane.code == _RUNNING
+        return jtu.tree_map(lambda a, b: jnp.where(running, a, b), new, lane)
+
+
+class AbstractEnsembleEngine(eqx.Module):
+    """How a batch of flows is run (abstract). Engines differ in cost, not in results."""
+
+    @abc.abstractmethod
+    def run(self, problem: _Problem, source: _Source, num: int, progress: bool) -> FlowResult:
+        """Flows from members 0..num-1 of `source`."""
+
+
+class PlainVmap(AbstractEnsembleEngine):
+    """Final. `jax.vmap` of one `diffeqsolve` per member: the obvious baseline.
+
+    Costs num x (the slowest member's steps) and holds every member at once.
+    """
+
+    def run(self, problem, source, num, progress):
+        del progress
+        return _run_vmap(problem, source, num)
+
+
+@eqx.filter_jit
+def _run_vmap(problem: _Problem, source: _Source, num: int) -> FlowResult:
+    solve = lambda y0: solve_one(
+        problem.objective, y0, problem.data, problem.solver, problem.controller,
+        problem.gtol, problem.t1, problem.dt0, problem.max_steps, None,
+    )
+    return jax.vmap(solve)(jax.vmap(source)(jnp.arange(num)))
+
+
+class LanePool(AbstractEnsembleEngine):
+    """Final. A pool of `lanes` flows stepped together, refilled every `refill_every` steps.
+
+    Memory is set by the pool, not by num (beyond the results). With several
+    `devices`, members are split into contiguous blocks and each device runs its
+    own pool with `jax.shard_map`, with no collective inside the loop.
+
+    Fields: `lanes` (per device), `refill_every`, `devices` (None: the default
+    device only).
+    """
+
+    lanes: int = eqx.field(static=True, default=256)
+    refill_every: int = eqx.field(static=True, default=16)
+    devices: tuple | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.lanes < 1 or self.refill_every < 1:
+            raise ValueError(
+                f"lanes and refill_every must be positive, got {self.lanes}, "
+                f"{self.refill_every}"
+            )
+
+    def run(self, problem, source, num, progress):
+        devices = self.devices or (jax.devices()[0],)
+        per_device = -(-num // len(devices))
+        return jtu.tree_map(
+            lambda a: a[:num],
+            _run_pool(problem, source, per_device, self.lanes, self.refill_every, Mesh(np.asarray(devices), ("ensemble",)), progress),
+        )
+
+
+@eqx.filter_jit
+def _run_pool(problem: _Problem, source: _Source, per_device: int, lanes: int, refill_every: int, mesh: Mesh, progress: bool) -> FlowResult:
+    dynamic, static = eqx.partition((problem, source), eqx.is_array)
+    stacked = source.stacked is not None
+    if stacked:  # pad to a whole number of blocks, then give each device its own
+        total = per_device * mesh.size
+        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], total - a.shape[0], axis=0)])
+        dynamic = eqx.tree_at(lambda d: d[1].stacked, dynamic, jtu.tree_map(pad, dynamic[1].stacked))
+
+    def block(dynamic):
+        problem, source = eqx.combine(dynamic, static)
+        offset = jax.lax.axis_index("ensemble") * per_device
+        if stacked:
+            offset = 0  # the stacked rows arrive already split
+        return _pool_loop(problem, source, offset, per_device, lanes, refill_every, progress)
+
+    specs = jtu.tree_map(lambda _: PartitionSpec(), dynamic)
+    if stacked:
+        specs = eqx.tree_at(
+            lambda d: d[1].stacked, specs, jtu.tree_map(lambda _: PartitionSpec("ensemble"), specs[1].stacked)
+        )
+    return jax.shard_map(
+        block, mesh=mesh, in_specs=(specs,), out_specs=PartitionSpec("ensemble"), check_vma=False
+    )(dynamic)
+
+
+def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int, refill_every: int, progress: bool) -> FlowResult:
+    lanes = min(lanes, num)
+    y_like = source(jnp.asarray(0))
+    idle = jax.vmap(lambda i: eqx.tree_at(lambda l: (l.index, l.code), problem.start(i, y_like), (jnp.asarray(num), jnp.asarray(_IDLE))))(jnp.zeros(lanes, int))
+    outputs = (
+        jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
+        jnp.zeros(num), jnp.zeros(num, int), jnp.zeros(num, int), jnp.full(num, _CODE["solver_failure"]),
+    )
+
+    def refill(lane: _Lane, next_index, outputs):
+        finished = lane.code >= 0
+        where = jnp.where(finished, lane.index, num)  # out of range: dropped
+        put = lambda buf, val: buf.at[where].set(val, mode="drop")
+        ys, ts, acc, rej, codes = outputs
+        outputs = (
+            jtu.tree_map(put, ys, lane.y), put(ts, lane.tprev), put(acc, lane.accepted),
+            put(rej, lane.rejected), put(codes, lane.code),
+        )
+        if progress:
+            jax.debug.callback(report_progress, jnp.sum(finished), jnp.sum(lane.code == _CODE["converged"]))
+        needs = lane.code != _RUNNING
+        new_index = next_index + jnp.cumsum(needs) - 1
+        load = needs & (new_index < num)
+        index = jnp.where(load, new_index, 0)
+
+        def fresh():
+            return jax.vmap(lambda i: problem.start(i, source(offset + i)))(index)
+
+        started = jax.lax.cond(jnp.any(load), fresh, lambda: idle)
+        pick = lambda a, b, c: jnp.where(
+            load.reshape(-1, *[1] * (a.ndim - 1)), a,
+            jnp.where(needs.reshape(-1, *[1] * (a.ndim - 1)), b, c),
+        )
+        lane = jtu.tree_map(pick, started, idle, lane)
+        return lane, jnp.minimum(next_index + jnp.sum(needs), num), outputs
+
+    def body(carry):
+        lane, next_index, outputs = refill(*carry)
+        lane = jax.lax.fori_loop(0, refill_every, lambda _, l: jax.vmap(problem.step)(l), lane)
+        return lane, next_index, outputs
+
+    def cond(carry):
+        lane, next_index, _ = carry
+        return (next_index < num) | jnp.any(lane.code != _IDLE)
+
+    _, _, (ys, ts, acc, rej, codes) = jax.lax.while_loop(cond, body, (idle, jnp.asarray(0), outputs))
+    return _assemble(problem, source, offset, ys, ts, acc, rej, codes)
+
+
+def _assemble(problem: _Problem, source: _Source, offset, ys, ts, acc, rej, codes) -> FlowResult:
+    objective, data = problem.objective, problem.data
+    num = ts.shape[0]
+    return FlowResult(
+        init=jax.vmap(lambda i: objective.model(source(offset + i)))(jnp.arange(num)),
+        model=jax.vmap(objective.model)(ys),
+        loss=jax.vmap(objective, in_axes=(0, None))(ys, data),
+        grad_norm=jax.vmap(objective.grad_norm, in_axes=(0, None))(ys, data),
+        t_final=ts,
+        num_steps=acc,
+        num_rejected=rej,
+        num_vf_evals=count_evals(problem.solver, acc + rej),
+        status=jax.vmap(status_from_code)(codes),
+    )
+
+
+def solve_ensemble(
+    model: eqx.Module,
+    data: Dataset,
+    inits: eqx.Module | AbstractSampler,
+    *,
+    key: PRNGKeyArray | None = None,
+    num: int | None = None,
+    loss: AbstractLoss = SumSquareLoss(),
+    solver: dfx.AbstractSolver = dfx.Tsit5(),
+    stepsize_controller: dfx.AbstractStepSizeController = DEFAULT_CONTROLLER,
+    gtol: float = 1e-9,
+    t1: float = math.inf,
+    dt0: float | None = None,
+    max_steps: int = 100_000,
+    trainable: Callable[[object], bool] | Params = eqx.is_inexact_array,
+    engine: AbstractEnsembleEngine = LanePool(),
+    progress: bool = False,
+) -> FlowResult:
+    """Gradient flows from many initializations to their limit points, in one call.
+
+    Args:
+        model: the model; its trainable leaves give the parameters' shapes, and its
+            other leaves and static fields are shared by every member.
+        data: the dataset.
+        inits: either the same model with a leading member axis on every trainable
+            leaf (e.g. from `eqx.filter_vmap`), or an `AbstractSampler`, with `key`
+            and `num`. Member i of a sampler depends only on (`key`, i).
+        loss, solver, stepsize_controller, gtol, t1, dt0, max_steps, trainable: as
+            for `solve_flow`.
+        engine: `LanePool()` (default: cost follows the total work; devices and
+            pool size are its fields) or `PlainVmap()` (the baseline).
+        progress: show a tqdm bar of finished and converged members.
+
+    Returns:
+        A `FlowResult` whose leaves have a leading member axis, `init` included.
+        A member that fails gets its status; the others are unaffected.
+    """
+    check_arguments(model, data, gtol, t1, max_steps, stepsize_controller)
+    params, skeleton = eqx.partition(model, trainable)
+    if isinstance(inits, AbstractSampler):
+        if key is None or num is None or num < 1:
+            raise ValueError(f"a sampler needs a key and a positive num, got num={num}")
+        source = _Source(None, inits, key, params)
+    else:
+        stacked = eqx.filter(inits, trainable)
+        num = _check_stacked(params, stacked)
+        source = _Source(stacked, None, None, params)
+    problem = _Problem(
+        Objective(skeleton, loss), data, solver, stepsize_controller,
+        jnp.asarray(gtol, dtype=float), jnp.asarray(t1, dtype=float),
+        None if dt0 is None else jnp.asarray(dt0, dtype=float), max_steps,
+    )
+    with progress_bar(num, progress):
+        return engine.run(problem, source, num, progress)
+
+
+def _check_stacked(params: Params, stacked: Params) -> int:
+    if jtu.tree_structure(params) != jtu.tree_structure(stacked):
+        raise ValueError("inits must have the model's structure (same trainable leaves)")
+    sizes = set()
+    for leaf, batch in zip(jtu.tree_leaves(params), jtu.tree_leaves(stacked), strict=True):
+        if batch.shape[1:] != leaf.shape or batch.ndim != leaf.ndim + 1:
+            raise ValueError(
+                f"each init leaf must have shape (num, *{leaf.shape}), got {batch.shape}"
+            )
+        sizes.add(batch.shape[0])
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"init leaves disagree on the member count: {sorted(sizes)}")
+    return sizes.pop()
+

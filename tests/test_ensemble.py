@@ -1,0 +1,181 @@
+"""solve_ensemble: same limits as one flow at a time, whatever the pool, devices or count."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import implicit_flow as imf
+
+GTOL = 1e-10
+
+
+def _deep_linear_problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4))
+    data = imf.Dataset(x, x @ rng.normal(size=4))
+    model = imf.DeepLinear([np.zeros((2, 4)), np.zeros((1, 2))])
+    return data, model
+
+
+def _mixed_inits(model, num=7):
+    """Scale-1 starts converge fast, scale-1e-3 ones escape the saddle at 0 slowly,
+    and one NaN start fails."""
+    inits = imf.sample_inits(imf.Gaussian(1.0), jr.key(3), num, model)
+    scale = jnp.array([1.0, 1e-3, 1.0, 1e-3, 1.0, 1.0, 1.0])[:num]
+    scale = scale.at[4].set(jnp.nan)
+    return jax.tree.map(lambda a: a * scale.reshape(-1, *[1] * (a.ndim - 1)), inits)
+
+
+def test_ensemble_equals_one_flow_at_a_time():
+    data, model = _deep_linear_problem()
+    inits = _mixed_inits(model)
+    result = imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=imf.LanePool(lanes=3, refill_every=4))
+    names = list(imf.status_names(result.status))
+    assert names == ["converged"] * 4 + ["nonfinite"] + ["converged"] * 2
+    steps = np.asarray(result.num_steps)
+    assert steps[1] > 1.3 * steps[0]  # the small start is slower
+    for i in range(7):
+        alone = imf.solve_flow(jax.tree.map(lambda a: a[i], inits), data, gtol=GTOL)
+        assert imf.status_names(alone.status) == names[i]
+        if names[i] == "converged":
+            for got, want in zip(result.model.weights, alone.model.weights):
+                np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-10)
+            assert abs(int(result.num_steps[i]) - int(alone.num_steps)) <= 2
+
+
+def test_pool_size_does_not_change_results():
+    data, model = _deep_linear_problem()
+    inits = _mixed_inits(model)
+    runs = [
+        imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=engine)
+        # (XLA rounds batched matmuls of width < 4 differently, ~1e-12 after 1000 steps)
+        for engine in (imf.LanePool(lanes=4), imf.LanePool(lanes=5, refill_every=3), imf.LanePool())
+    ]
+    for run in runs[1:]:
+        for a, b in zip(runs[0].model.weights, run.model.weights):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_lane_pool_matches_plain_vmap_and_the_exact_limits():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 5))
+    data = imf.Dataset(x, np.maximum(x @ rng.normal(size=5), 0.0))
+    model = imf.ReLUNeuron(np.zeros(5))
+    kwargs = dict(key=jr.key(0), num=12, gtol=GTOL)
+    pool = imf.solve_ensemble(model, data, imf.Gaussian(1.0), engine=imf.LanePool(lanes=4), **kwargs)
+    plain = imf.solve_ensemble(model, data, imf.Gaussian(1.0), engine=imf.PlainVmap(), **kwargs)
+    assert np.all(np.asarray(pool.status._value) == np.asarray(plain.status._value))
+    np.testing.assert_allclose(pool.model.weight, plain.model.weight, rtol=0, atol=1e-9)
+    for i in range(12):
+        exact = imf.exact_flow(imf.ReLUNeuron(pool.init.weight[i]), data)
+        np.testing.assert_allclose(pool.model.weight[i], exact.model.weight, atol=1e-8)
+
+
+def test_member_i_does_not_depend_on_the_count():
+    model = imf.TwoLayerReLU(np.zeros((3, 2)), np.zeros(3))
+    for sampler in (imf.Gaussian(0.5), imf.Sphere(2.0)):
+        small = imf.sample_inits(sampler, jr.key(7), 4, model)
+        large = imf.sample_inits(sampler, jr.key(7), 4096, model)
+        for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large)):
+            np.testing.assert_allclose(a, b[:4], rtol=1e-15, atol=0)
+    radii = jnp.linalg.norm(
+        jnp.concatenate([a.reshape(4096, -1) for a in jax.tree.leaves(large)], axis=1), axis=1
+    )
+    np.testing.assert_allclose(radii, 2.0, rtol=1e-14)
+
+
+def test_per_layer_gaussian_scales_and_plane_grid():
+    model = imf.TwoLayerReLU(np.zeros((50, 40)), np.zeros(50))
+    scale = eqx.tree_at(lambda m: (m.hidden_weight, m.output_weight), model, (0.1, 3.0))
+    scale = eqx.filter(scale, lambda s: isinstance(s, float))
+    inits = imf.sample_inits(imf.Gaussian(scale), jr.key(0), 8, model)
+    assert float(jnp.std(inits.hidden_weight)) == pytest.approx(0.1, rel=0.03)
+    assert float(jnp.std(inits.output_weight)) == pytest.approx(3.0, rel=0.1)
+    neuron = imf.ReLUNeuron(np.zeros(2))
+    grid = imf.PlaneGrid(
+        jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), (-1, 1, 0, 2), (3, 5)
+    )
+    points = imf.sample_inits(grid, jr.key(0), grid.size, neuron).weight
+    np.testing.assert_allclose(points[0], [-1, 0])
+    np.testing.assert_allclose(points[6], [0, 0.5])
+    np.testing.assert_allclose(points[14], [1, 2])
+
+
+def test_no_recompilation_on_repeated_calls():
+    traces = []
+
+    class CountingLoss(imf.SumSquareLoss):
+        def __call__(self, pred, y):
+            traces.append(1)
+            return super().__call__(pred, y)
+
+    data, model = _deep_linear_problem()
+    run = lambda key, gtol: imf.solve_ensemble(
+        model, data, imf.Gaussian(1.0), key=key, num=6, gtol=gtol, loss=CountingLoss(),
+        engine=imf.LanePool(lanes=2),
+    )
+    run(jr.key(0), 1e-9)
+    first = len(traces)
+    run(jr.key(1), 1e-10)
+    assert len(traces) == first
+
+
+def test_progress_bar_counts_every_member(capsys):
+    data, model = _deep_linear_problem()
+    imf.solve_ensemble(model, data, imf.Gaussian(1.0), key=jr.key(0), num=5, progress=True, engine=imf.LanePool(lanes=2))
+    err = capsys.readouterr().err
+    assert "5/5" in err and "converged=5" in err
+
+
+def test_bad_ensemble_arguments():
+    data, model = _deep_linear_problem()
+    with pytest.raises(ValueError, match="needs a key"):
+        imf.solve_ensemble(model, data, imf.Gaussian(1.0))
+    bad = eqx.tree_at(lambda m: m.weights, model, (np.zeros((3, 2, 4)), np.zeros((5, 1, 2))))
+    with pytest.raises(ValueError, match="member count"):
+        imf.solve_ensemble(model, data, bad)
+
+
+MULTI_DEVICE = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.random as jr, numpy as np
+    import implicit_flow as imf
+    assert len(jax.devices()) == 4
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4))
+    data = imf.Dataset(x, x @ rng.normal(size=4))
+    model = imf.DeepLinear([np.zeros((2, 4)), np.zeros((1, 2))])
+    out = {}
+    stacked = imf.sample_inits(imf.Gaussian(1.0), jr.key(1), 10, model)
+    for name, devices, inits in (("one", None, imf.Gaussian(1.0)), ("four", tuple(jax.devices()), imf.Gaussian(1.0)), ("four_stacked", tuple(jax.devices()), stacked)):
+            res = imf.solve_ensemble(model, data, inits, key=jr.key(1), num=10, gtol=1e-11,
+                                     engine=imf.LanePool(lanes=2, devices=devices))
+            out[name] = [np.asarray(w).tolist() for w in res.model.weights]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_four_cpu_devices_equal_one():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for other in ("four", "four_stacked"):
+        for a, b in zip(out["one"], out[other]):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
