@@ -1,4 +1,4 @@
-"""Tests of the exact piecewise-affine flow against independent truths (numpy/scipy only)."""
+"""The exact piecewise-affine flow against independent truths (numpy and scipy only)."""
 
 import functools
 
@@ -6,63 +6,81 @@ import numpy as np
 import pytest
 import scipy.integrate
 import scipy.linalg
+import scipy.optimize
 
-from implicit_flow.exact._piecewise import piecewise_affine_flow
+from implicit_flow.exact._piecewise import (
+    _first_crossing,
+    _Piece,
+    piecewise_affine_flow,
+)
 
 _HORIZON = 200.0
 _N_RANDOM = 24
 
 
-def _reference(x, y, v, hidden0, *, bias, alpha, mean, ts):
+def _reference(x, y, v, hidden0, ts, *, bias, negative_slope, mean):
     """Integrates the flow with DOP853, restarting at every kink crossing (an event).
 
-    It stops at `_HORIZON`, where the field points into a kink from both sides, or where
-    the speed falls below 1e-12 (then later kink events would be rounding noise).
+    It stops at `_HORIZON`, where the field points into a kink from both sides, or
+    where the speed falls below 1e-12 (later kink events would be rounding noise).
 
     Returns:
-        (flat states at `ts` up to where it stopped, the time where it stopped, the flat
-        state there (at the horizon: the limit of the last affine piece), how it
+        (flat states at `ts` up to where it stopped, the time where it stopped, the
+        flat state there (at the horizon: the limit of the last affine piece), how it
         stopped: "horizon", "sliding" or "converged").
     """
     xa = np.hstack([x, np.ones((len(x), 1))]) if bias else x
-    shape, scale = hidden0.shape, 1 / len(y) if mean else 1.0
+    scale = 1 / len(y) if mean else 1.0
+
+    def jac(active):  # d f(x_i) / d theta on the pattern's linear extension
+        slopes = np.where(active, 1.0, negative_slope) * v
+        return (slopes[:, :, None] * xa[:, None, :]).reshape(len(y), -1)
 
     def field(theta, active):
-        slopes = np.where(active, 1.0, alpha) * v  # the pattern's linear extension
-        resid = (xa @ theta.reshape(shape).T * slopes).sum(axis=1) - y
-        return -scale * (slopes.T[:, :, None] * (resid[:, None] * xa)[None]).sum(1).ravel()
+        return -scale * jac(active).T @ (jac(active) @ theta - y)
+
+    def z_at(theta):
+        return xa @ theta.reshape(hidden0.shape).T
 
     def event(fun, direction):
         fun.terminal, fun.direction = True, direction
         return fun
 
     theta, t, active = hidden0.ravel(), 0.0, xa @ hidden0.T > 0
-    out = np.full((len(ts), theta.size), np.nan)
+    out, shift = np.full((len(ts), theta.size), np.nan), np.zeros(active.shape)
     while True:
         events = [
-            event(lambda t, th, i=i, j=j: xa[i] @ th.reshape(shape)[j], 1 - 2 * act)
-            for (i, j), act in np.ndenumerate(active)
+            event(lambda t, th, i=i, j=j, s=shift[i, j]: z_at(th)[i, j] - s, 1 - 2 * a)
+            for (i, j), a in np.ndenumerate(active)
         ]
-        speed = lambda t, th: np.linalg.norm(field(th, active)) - 1e-12
+        speed = lambda t, th, a=active: np.linalg.norm(field(th, a)) - 1e-12
         sol = scipy.integrate.solve_ivp(
-            lambda t, th: field(th, active), (t, _HORIZON), theta, method="DOP853",
-            rtol=1e-13, atol=1e-14, events=[*events, event(speed, -1)], dense_output=True,
+            lambda t, th, a=active: field(th, a),
+            (t, _HORIZON),
+            theta,
+            method="DOP853",
+            rtol=1e-13,
+            atol=1e-14,
+            events=[*events, event(speed, -1)],
+            dense_output=True,
         )
         inside = (ts >= t) & (ts <= sol.t[-1])
         if inside.any():
             out[inside] = sol.sol(ts[inside]).T
         t, theta = sol.t[-1], sol.y[:, -1]
         if sol.status != 1:  # jump to the limit of the last, affine piece
-            jac = (np.where(active, 1.0, alpha) * v)[:, :, None] * xa[:, None, :]
-            jac = jac.reshape(len(y), -1)
-            return out, t, theta - np.linalg.pinv(jac) @ (jac @ theta - y), "horizon"
+            limit = theta - np.linalg.pinv(jac(active)) @ (jac(active) @ theta - y)
+            return out, t, limit, "horizon"
         if sol.t_events[-1].size:
             return out, t, theta, "converged"
         hit = np.array([e.size > 0 for e in sol.t_events[:-1]]).reshape(active.shape)
         active = active ^ hit
-        dz = xa @ field(theta, active).reshape(shape).T
+        dz = z_at(field(theta, active))
         if np.any(hit & ~np.where(active, dz > 0, dz < 0)):
             return out, t, theta, "sliding"
+        # A crossed z_ij restarts at ~0, where an event's root search would find the
+        # start itself: its event fires 1e-13 past the kink instead.
+        shift = np.where(hit, z_at(theta) - np.where(active, 1e-13, -1e-13), 0.0)
 
 
 @functools.cache
@@ -88,10 +106,7 @@ def _random_case(seed):
 def test_matches_scipy(seed):
     x, y, v, hidden0, args, flow = _random_case(seed)
     ts = np.concatenate([np.geomspace(1e-3, _HORIZON, 25), flow.switch_times])
-    ref, t_end, theta_end, how = _reference(
-        x, y, v, hidden0, bias=args["bias"], alpha=args["negative_slope"],
-        mean=args["mean"], ts=ts,
-    )
+    ref, t_end, theta_end, how = _reference(x, y, v, hidden0, ts, **args)
     assert (how == "sliding") == (flow.status == "sliding")
     keep = ts < min(t_end, flow.t_final) - 1e-6
     mine = flow.at(ts).reshape(len(ts), -1)
@@ -113,10 +128,25 @@ def test_random_cases_switch_converge_and_slide():
     assert sum(f.status == "sliding" for f in flows) >= 5
 
 
+def test_mean_loss_rescales_time_by_n():
+    x, y, v, hidden0, args, flow = _random_case(4)
+    mean = piecewise_affine_flow(x, y, v, hidden0, **{**args, "mean": True})
+    assert not args["mean"] and len(flow.switch_times) > 0
+    np.testing.assert_allclose(
+        mean.switch_times, len(y) * flow.switch_times, rtol=1e-12
+    )
+    ts = np.geomspace(1e-3, 10.0, 20)
+    np.testing.assert_allclose(mean.at(len(y) * ts), flow.at(ts), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mean.hidden, flow.hidden, rtol=0, atol=1e-12)
+    assert mean.loss == pytest.approx(flow.loss / len(y), rel=1e-9, abs=1e-20)
+
+
 def _theorem3(gamma, alpha, **kwargs):
     x = np.array([[3.0, -1.0, 0.0], [4.0, 2.0, 0.0], [0.0, gamma, gamma]])
     y = alpha * np.array([16.0, 18.0, 0.0])
-    return x, piecewise_affine_flow(x, y, np.ones(1), np.zeros((1, 3)), bias=False, **kwargs)
+    return x, piecewise_affine_flow(
+        x, y, np.ones(1), np.zeros((1, 3)), bias=False, **kwargs
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,7 +164,9 @@ def test_paper_theorem3(gamma, s_range, t1_range):
         x, flow = _theorem3(gamma, alpha)
         assert flow.status == "converged"
         assert flow.loss < 1e-20 * alpha**2
-        np.testing.assert_allclose(flow.hidden[0, :2], alpha * np.array([5.0, -1.0]), atol=1e-12)
+        np.testing.assert_allclose(
+            flow.hidden[0, :2], alpha * np.array([5.0, -1.0]), atol=1e-12
+        )
         s = flow.hidden[0, 2] / alpha
         assert s_range[0] - 1e-14 <= s <= s_range[1] + 1e-14
         limits.append(s)
@@ -144,8 +176,12 @@ def test_paper_theorem3(gamma, s_range, t1_range):
         # Phase 1: linear regression on all three rows, in closed form.
         target = alpha * np.array([5.0, -1.0, 1.0])
         ts = np.linspace(0.0, min(t1, 1.0), 15)
-        closed = np.stack([target - scipy.linalg.expm(-t * x.T @ x) @ target for t in ts])
-        np.testing.assert_allclose(flow.at(ts)[:, 0], closed, rtol=0, atol=1e-12 * alpha)
+        closed = np.stack(
+            [target - scipy.linalg.expm(-t * x.T @ x) @ target for t in ts]
+        )
+        np.testing.assert_allclose(
+            flow.at(ts)[:, 0], closed, rtol=0, atol=1e-12 * alpha
+        )
         if t1_range:  # t1 is the zero of <x_3, w(t)>; then w_3 is frozen
             assert abs(x[2] @ closed[-1]) < 1e-12 * alpha
             later = flow.at(t1 + np.geomspace(1e-3, 1e3, 20))[:, 0, 2]
@@ -169,7 +205,9 @@ def test_piece_limit_stops_at_the_first_switch():
     _, full = _theorem3(1.0, 1.0)
     assert flow.status == "piece_limit" and len(flow.patterns) == 1
     assert flow.t_final == full.switch_times[0]
-    np.testing.assert_allclose(flow.hidden, full.at(flow.t_final)[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(
+        flow.hidden, full.at(flow.t_final)[0], rtol=0, atol=1e-15
+    )
     assert np.isnan(flow.at(np.array([flow.t_final * 1.01]))).all()
 
 
@@ -177,8 +215,14 @@ def test_piece_limit_stops_at_the_first_switch():
 def test_linear_limit_is_projection_of_start(bias):
     rng = np.random.default_rng(7)
     n, d = 4, 7
-    x, y, hidden0 = rng.normal(size=(n, d)), rng.normal(size=n), rng.normal(size=(1, d + bias))
-    flow = piecewise_affine_flow(x, y, np.ones(1), hidden0, bias=bias, negative_slope=1.0)
+    x, y, hidden0 = (
+        rng.normal(size=(n, d)),
+        rng.normal(size=n),
+        rng.normal(size=(1, d + bias)),
+    )
+    flow = piecewise_affine_flow(
+        x, y, np.ones(1), hidden0, bias=bias, negative_slope=1.0
+    )
     xa = np.hstack([x, np.ones((n, 1))]) if bias else x
     expected = hidden0[0] + np.linalg.pinv(xa) @ (y - xa @ hidden0[0])
     assert flow.status == "converged" and flow.loss < 1e-20
@@ -194,7 +238,7 @@ def test_sliding_mode():
     assert flow.status == "sliding" and len(flow.switch_times) == 0
     ts = np.array([0.0, 0.5 * flow.t_final, flow.t_final])
     ref, t_end, theta_end, how = _reference(
-        x, y, np.ones(1), hidden0, bias=False, alpha=0.0, mean=False, ts=ts
+        x, y, np.ones(1), hidden0, ts, bias=False, negative_slope=0.0, mean=False
     )
     assert how == "sliding"
     assert flow.t_final == pytest.approx(t_end, rel=0, abs=1e-8)
@@ -206,6 +250,24 @@ def test_sliding_mode():
     from_inactive = -(resid[1] * x[1]) @ x[0]
     assert from_active < -1.0 and from_inactive > 1.0
     assert np.isnan(flow.at(np.array([2 * flow.t_final]))).all()
+
+
+@pytest.mark.parametrize("depth", [1e-3, 1e-6, 1e-9])
+def test_near_tangent_dip_is_caught(depth):
+    # z(t) = 1 - a (1 - e^{-t}) - (b / 2)(1 - e^{-2t}) dips to -depth at e^{-t} = -a / b
+    # and recovers: for small depths no point of the search grid sees z < 0.
+    a = -2.0
+    z = lambda t, b: 1 - a * (1 - np.exp(-t)) - b / 2 * (1 - np.exp(-2 * t))
+    b = scipy.optimize.brentq(lambda b: z(np.log(-b / a), b) + depth, 4.5, 5.9)
+    vecs = np.array([[1.0, -1.0], [1.0, 1.0]]) / np.sqrt(2)
+    piece = _Piece(
+        0.0, np.array([1.0, 0.0]), np.array([1.0, 2.0]), vecs, [a, b] / vecs[0]
+    )
+    tau, hit = _first_crossing(
+        piece, np.eye(1, 2), np.ones((1, 1), bool), np.zeros((1, 1), bool)
+    )
+    root = scipy.optimize.brentq(z, 0.0, np.log(-b / a), args=(b,), xtol=1e-15)
+    assert hit.all() and tau == pytest.approx(root, abs=1e-10)
 
 
 @pytest.mark.parametrize(
@@ -224,7 +286,9 @@ def test_sliding_mode():
     ],
 )
 def test_bad_input_raises(change, name):
-    kwargs = dict(x=np.ones((3, 2)), y=np.ones(3), out_weight=np.ones(1), hidden0=np.ones((1, 2)))
+    kwargs = dict(
+        x=np.ones((3, 2)), y=np.ones(3), out_weight=np.ones(1), hidden0=np.ones((1, 2))
+    )
     kwargs.update(change)
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"^{name} "):
         piecewise_affine_flow(bias=False, **kwargs)

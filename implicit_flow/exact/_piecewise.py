@@ -1,39 +1,41 @@
-"""Exact gradient flow of piecewise-quadratic leaky-ReLU losses (host-side numpy, float64).
+r"""Exact gradient flow of piecewise-quadratic leaky-ReLU losses (host numpy, float64).
 
-Model $f(x) = \\sum_j v_j \\sigma(w_j \\cdot x + b_j)$ with fixed output weights $v$ and
-$\\sigma(z) = \\max(z, \\alpha z)$, $0 \\le \\alpha \\le 1$; the hidden layer
-$H = [w_j, b_j]$ (bias optional) follows $\\dot H = -\\nabla_H L$ for the half-sum loss
-$L = \\frac12 \\sum_i (f(x_i) - y_i)^2$ (or the mean, $\\frac1{2n}\\sum_i$).
+Model $f(x) = \sum_j v_j \sigma(w_j \cdot x + b_j)$ with fixed output weights $v$ and
+$\sigma(z) = \max(z, \alpha z)$, $0 \le \alpha \le 1$. The hidden layer
+$H = [w_j, b_j]$ (bias optional) follows $\dot H = -\nabla_H L$ for the half-sum loss
+$L = \frac12 \sum_i (f(x_i) - y_i)^2$ (or the mean, $\frac1{2n}\sum_i$).
 
-Inside a fixed activation pattern the loss is quadratic in $\\theta = \\mathrm{vec}(H)$,
-$\\dot\\theta = -(A\\theta - c)$, and with $A = V \\Lambda V^T$ the flow is
-$\\theta(t) = \\theta_0 - V \\phi(\\Lambda, t) V^T g_0$, $g_0 = A\\theta_0 - c$,
-$\\phi(\\lambda, t) = (1 - e^{-\\lambda t}) / \\lambda$. Every pre-activation
-$z_{ij}(t)$ is then a constant plus decaying exponentials. Its first zero is bracketed on
-a dense geometric time grid (plus the local minima of $|z|$ between grid points, to
-catch near-tangent dips), refined by bisection to machine precision, the crossed entries
-flip, and the next piece starts there. Without a crossing the flow converges to the
-piece's limit $\\theta_0 - A^+ g_0$.
+Inside a fixed activation pattern the loss is quadratic in $\theta = \mathrm{vec}(H)$,
+$\dot\theta = -(A\theta - c)$, and with $A = V \Lambda V^T$ the flow is
+$\theta(t) = \theta_0 - V \phi(\Lambda, t) V^T g_0$, $g_0 = A\theta_0 - c$,
+$\phi(\lambda, t) = (1 - e^{-\lambda t}) / \lambda$. Each pre-activation $z_{ij}(t)$
+is a constant plus decaying exponentials. Its first zero is bracketed on a dense
+geometric time grid (plus the local minima of $|z|$ between grid points, which catch
+near-tangent dips) and refined by bisection to machine precision; the crossed entries
+flip and the next piece starts there. Without a crossing the flow converges to the
+piece's limit $\theta_0 - A^+ g_0$.
 
 Boundary and tie rules:
     - A start with some $z_{ij} = 0$ exactly (e.g. $w(0) = 0$): the velocity is first
-      taken with $\\sigma'(0) =$ `grad_at_zero`, as `jax.grad` does. If it is exactly
-      zero the start is stationary (status "converged", $t_{final} = \\infty$). Otherwise
-      each zero entry takes the side its $\\dot z_{ij}$ points to, and the choice is
-      repeated with the velocity of the proposed pattern until it is self-consistent; if
-      it never is, the flow stops at $t = 0$ with status "sliding". An entry with
-      $\\dot z_{ij} = 0$ takes the side whose slope ($1$ or $\\alpha$) is nearer to
-      `grad_at_zero` (the active side on a tie).
-    - Crossings less than a relative $10^{-10}$ apart in time are simultaneous: all flip.
-    - If after a crossing the flipped pattern's field points back into the surface
-      (it points into the surface from both sides: a sliding mode, whose Filippov
-      solution is not computed here), the flow stops at the crossing with status
+      taken with $\sigma'(0) =$ `grad_at_zero`, as `jax.grad` does. If it is exactly
+      zero, the start is stationary (status "converged", $t_{final} = \infty$).
+      Otherwise each zero entry takes the side its $\dot z_{ij}$ points to, and the
+      choice is redone with the velocity of the proposed pattern until it is
+      self-consistent; if it never is, the flow stops at $t = 0$ with status
+      "sliding". An entry with $\dot z_{ij} = 0$ takes the side whose slope
+      ($1$ or $\alpha$) is nearer to `grad_at_zero` (the active side on a tie).
+    - Crossings less than a relative $10^{-10}$ apart in time are simultaneous: all
+      of them flip.
+    - If after a crossing the flipped pattern's field points back into the surface,
+      the field points into it from both sides: a sliding mode, whose Filippov
+      solution is not computed here. The flow stops at the crossing with status
       "sliding" and $t_{final}$ the entry time.
-    - $\\alpha = 1$ has no kinks: one affine piece.
+    - $\alpha = 1$ has no kinks: one affine piece.
 
-General position is assumed: no tangential contact with a kink surface, no dips of a
-pre-activation across zero shallower than a relative $10^{-11}$ (these are ignored), and
-no eigenvalue of $A$ below $10^{-12}\\lambda_{max}$ (smaller ones count as zero).
+General position is assumed: no tangential contact with a kink surface, no dip of a
+pre-activation across zero shallower than a relative $10^{-11}$ (these are ignored,
+e.g. a point with label 0 fitted from the active side), and no eigenvalue of $A$ below
+$10^{-12}\lambda_{max}$ (smaller ones count as zero).
 """
 
 import dataclasses
@@ -48,10 +50,11 @@ _DEPTH_RTOL = 1e-11  # dips shallower than this (relative) are rounding, not cro
 _SIMULTANEOUS_RTOL = 1e-10
 _START_ITERS = 8
 _BISECT_ITERS = 200
+_CHUNK = 32  # grid points searched at a time
 
 
 class _Piece(NamedTuple):
-    """One affine piece: $\\theta(t_0 + \\tau) = \\theta_0 - V(\\phi(\\lambda, \\tau) q)$."""
+    r"""An affine piece, $\theta(t_0 + \tau) = \theta_0 - V(\phi(\lambda, \tau) q)$."""
 
     t0: float
     theta0: np.ndarray  # (q,)
@@ -68,17 +71,17 @@ class _Piece(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PiecewiseFlow:
-    """The exact flow, piece by piece (final class).
+    r"""The exact flow, piece by piece (final class).
 
     Attributes:
-        hidden: (m, p) hidden parameters at the end: the limit, or where the flow stopped.
+        hidden: (m, p) hidden parameters at the end: the limit, or where it stopped.
         status: "converged", "sliding" (stopped where the field points into a kink from
             both sides) or "piece_limit" (stopped on entering piece `max_pieces + 1`).
         t_final: `inf` when converged, else the time where the flow stopped.
         switch_times: (k,) increasing times of pattern changes.
-        patterns: k + 1 boolean (n, m) active patterns ($z_{ij} > 0$ side), one per piece.
+        patterns: k + 1 boolean (n, m) active patterns ($z_{ij} > 0$), one per piece.
         loss: loss at `hidden`.
-        grad_norm: Euclidean norm of $\\nabla_H L$ at `hidden`, with the last pattern.
+        grad_norm: Euclidean norm of $\nabla_H L$ at `hidden`, with the last pattern.
     """
 
     hidden: np.ndarray
@@ -88,22 +91,27 @@ class PiecewiseFlow:
     patterns: tuple[np.ndarray, ...]
     loss: float
     grad_norm: float
-    _pieces: _Piece = dataclasses.field(repr=False)  # fields stacked over pieces
+    _pieces: tuple[_Piece, ...] = dataclasses.field(repr=False)
 
     def at(self, ts: np.ndarray) -> np.ndarray:
-        """Exact hidden parameters at times `ts` (>= 0, `inf` allowed), NaN past `t_final`.
+        """Exact hidden parameters at times `ts`.
+
+        Args:
+            ts: (n_save,) times >= 0 (`inf` allowed when converged).
 
         Returns:
-            An array of shape (len(ts), m, p).
+            An (n_save, m, p) array, NaN past `t_final`.
         """
         ts = np.asarray(ts, dtype=float).reshape(-1)
         if not np.all(ts >= 0):
-            raise ValueError("ts must be >= 0")
-        t0, theta0, rates, vecs, coefs = self._pieces
-        k = np.searchsorted(t0, ts, side="right") - 1
-        phi = _phi(rates[k], ts - t0[k])
-        theta = theta0[k] - np.einsum("tqk,tk->tq", vecs[k], phi * coefs[k])
-        theta[ts > self.t_final] = np.nan
+            raise ValueError("ts must be >= 0 and not NaN")
+        starts = np.array([piece.t0 for piece in self._pieces])
+        k = np.where(
+            ts <= self.t_final, np.searchsorted(starts, ts, side="right") - 1, -1
+        )
+        theta = np.full((len(ts), self.hidden.size), np.nan)
+        for j in np.unique(k[k >= 0]):
+            theta[k == j] = self._pieces[j].states(ts[k == j] - starts[j])
         return theta.reshape(len(ts), *self.hidden.shape)
 
 
@@ -119,7 +127,7 @@ def piecewise_affine_flow(
     mean: bool = False,
     max_pieces: int = 10_000,
 ) -> PiecewiseFlow:
-    """Solves the gradient flow of a leaky-ReLU layer with fixed output weights exactly.
+    r"""Solves the gradient flow of a fixed-output leaky-ReLU layer exactly.
 
     Args:
         x: (n, d) inputs.
@@ -127,28 +135,32 @@ def piecewise_affine_flow(
         out_weight: (m,) fixed output weights $v$ (`[1.]` for a single neuron).
         hidden0: (m, p) start $[w_j, b_j]$; p = d + 1 with a bias (last column), else d.
         bias: whether the last column of `hidden0` is a bias.
-        negative_slope: $\\alpha \\in [0, 1]$ (0: ReLU, 1: linear).
-        grad_at_zero: $\\sigma'(0)$, which matters only on a start with some $z_{ij} = 0$.
-        mean: use the mean loss $\\frac1{2n}\\sum_i$ instead of the half sum.
+        negative_slope: $\alpha \in [0, 1]$ (0: ReLU, 1: linear).
+        grad_at_zero: $\sigma'(0)$; matters only on a start with some $z_{ij} = 0$.
+        mean: use the mean loss $\frac1{2n}\sum_i$ instead of the half sum.
         max_pieces: stop with status "piece_limit" after this many pieces.
 
     Returns:
         The `PiecewiseFlow`.
 
     Raises:
-        ValueError: on wrong shapes, non-finite values or `negative_slope` outside [0, 1].
+        ValueError: on wrong shapes or non-finite values, or if `negative_slope` is
+            outside [0, 1].
     """
     xa, y, v, hidden0 = _validate(x, y, out_weight, hidden0, bias, negative_slope)
+    alpha, grad_at_zero = float(negative_slope), float(grad_at_zero)
     if not np.isfinite(grad_at_zero):
         raise ValueError(f"grad_at_zero must be finite, got {grad_at_zero}")
     if max_pieces < 1:
         raise ValueError(f"max_pieces must be >= 1, got {max_pieces}")
-    alpha, shape, theta = float(negative_slope), hidden0.shape, hidden0.ravel()
+    shape, theta = hidden0.shape, hidden0.ravel()
     system = lambda slopes: _system(xa, y, v, slopes, mean)
-    dz_dt = lambda a, c, theta: xa @ (c - a @ theta).reshape(shape).T
+    dz_dt = lambda a, c, th: xa @ (c - a @ th).reshape(shape).T
     z = xa @ hidden0.T
     on_kink = (z == 0) & (alpha < 1)
-    slopes, active, stuck = _start(z, on_kink, system, dz_dt, theta, alpha, grad_at_zero)
+    slopes, active, stuck = _start(
+        z, on_kink, system, dz_dt, theta, alpha, grad_at_zero
+    )
     t_final, status = 0.0, "sliding" if stuck else "converged"
     pieces, switches, patterns = [], [], [active]
     while True:
@@ -156,7 +168,9 @@ def piecewise_affine_flow(
         pieces.append(_piece(t_final, theta, a, c))
         if stuck:
             break
-        crossing = None if alpha == 1 else _first_crossing(pieces[-1], xa, active, on_kink)
+        crossing = None
+        if alpha < 1:
+            crossing = _first_crossing(pieces[-1], xa, active, on_kink)
         if crossing is None:
             theta, t_final = pieces[-1].limit(), np.inf
             break
@@ -165,7 +179,7 @@ def piecewise_affine_flow(
         flipped = active ^ hit
         dz = dz_dt(*system(_slopes(flipped, alpha)), theta)
         if np.any(hit & ~np.where(flipped, dz > 0, dz < 0)):
-            status = "sliding"  # the field points back into the surface from both sides
+            status = "sliding"  # the field points into the surface from both sides
             break
         if len(pieces) == max_pieces:
             status = "piece_limit"
@@ -183,22 +197,25 @@ def piecewise_affine_flow(
         patterns=tuple(patterns),
         loss=float(0.5 * resid @ resid / (len(y) if mean else 1)),
         grad_norm=float(np.linalg.norm(a @ theta - c)),
-        _pieces=_Piece(*(np.stack(field) for field in zip(*pieces, strict=True))),
+        _pieces=tuple(pieces),
     )
 
 
 def _validate(x, y, out_weight, hidden0, bias, negative_slope):
-    arrays = {"x": (x, 2), "y": (y, 1), "out_weight": (out_weight, 1), "hidden0": (hidden0, 2)}
-    for name, (arr, ndim) in arrays.items():
-        arr = np.asarray(arr, dtype=float)
+    named = {"x": x, "y": y, "out_weight": out_weight, "hidden0": hidden0}
+    arrays = []
+    for (name, arr), ndim in zip(named.items(), (2, 1, 1, 2), strict=True):
+        arr = np.array(arr, dtype=float)  # a copy: results never alias the inputs
         if arr.ndim != ndim or arr.size == 0:
-            raise ValueError(f"{name} must be a non-empty {ndim}-d array, got {arr.shape}")
+            raise ValueError(
+                f"{name} must be a nonempty {ndim}-d array, not {arr.shape}"
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite")
-        arrays[name] = arr
-    x, y, v, hidden0 = arrays.values()
+        arrays.append(arr)
+    x, y, v, hidden0 = arrays
     if y.shape != x.shape[:1]:
-        raise ValueError(f"y must have shape ({x.shape[0]},), got {y.shape}")
+        raise ValueError(f"y must have shape ({len(x)},), got {y.shape}")
     expected = (len(v), x.shape[1] + bool(bias))
     if hidden0.shape != expected:
         raise ValueError(f"hidden0 must have shape {expected}, got {hidden0.shape}")
@@ -213,7 +230,7 @@ def _slopes(active, alpha):
 
 
 def _system(xa, y, v, slopes, mean):
-    """(A, c) with $L = \\frac12 \\theta^T A \\theta - c^T \\theta + const$ for `slopes`."""
+    r"""(A, c) with $L = \frac12 \theta^T A \theta - c^T \theta + C$ for `slopes`."""
     g = ((slopes * v)[:, :, None] * xa[:, None, :]).reshape(len(y), -1)
     scale = 1 / len(y) if mean else 1.0
     return scale * g.T @ g, scale * g.T @ y
@@ -252,12 +269,12 @@ def _piece(t0, theta, a, c):
 
 
 def _phi(rates, tau):
-    """$(1 - e^{-\\lambda \\tau}) / \\lambda$, broadcasting `tau` over the last axis."""
+    r"""$(1 - e^{-\lambda \tau}) / \lambda$, broadcasting `tau` over the last axis."""
     return -np.expm1(-rates * np.asarray(tau)[..., None]) / rates
 
 
 def _bisect(fun, lo, hi):
-    """Shrinks brackets with fun(lo) >= 0 > fun(hi), or the reverse, to ulps; returns hi."""
+    """Shrinks brackets with fun(lo) >= 0 > fun(hi), or the reverse, to ulps: hi."""
     lo_sign = fun(lo) >= 0
     for _ in range(_BISECT_ITERS):
         mid = 0.5 * (lo + hi)
@@ -270,8 +287,6 @@ def _bisect(fun, lo, hi):
 
 def _first_crossing(piece, xa, active, on_kink):
     """(tau, hit) of the piece's first zero crossing of a pre-activation, or None."""
-    if not piece.coefs.any():
-        return None
     side = np.where(active, 1.0, -1.0).ravel()
     hidden0 = piece.theta0.reshape(active.shape[1], -1)
     modes = (piece.vecs * piece.coefs).reshape(*hidden0.shape, -1)  # (m, p, q)
@@ -279,31 +294,55 @@ def _first_crossing(piece, xa, active, on_kink):
     # entries on a kink start at exactly 0 (they left it at the previous crossing).
     h0 = np.where(on_kink, 0.0, xa @ hidden0.T).ravel() * side
     b = side[:, None] * np.einsum("ip,jpk->ijk", xa, modes).reshape(len(side), -1)
-    h = lambda t, e: h0[e] - np.sum(_phi(piece.rates, t) * b[e], axis=-1)
-    dh = lambda t, e: -np.sum(np.exp(-piece.rates * t[..., None]) * b[e], axis=-1)
-    live = piece.rates[piece.coefs != 0]
-    lo, hi = _GRID_SPAN[0] / live.max(), _GRID_SPAN[1] / live.min()
-    num = int(_POINTS_PER_DECADE * np.log10(hi / lo)) + 2
-    grid = np.concatenate([[0.0], np.geomspace(lo, hi, num)])
-    every = np.arange(len(side))
-    hg, dg = h(grid[:, None], every), dh(grid[:, None], every)  # (T, E)
-    # Refined local minima of h between grid points catch near-tangent dips.
-    kk, ee = np.nonzero((dg[:-1] < 0) & (dg[1:] >= 0))
-    tmin = _bisect(lambda t: dh(t, ee), grid[kk], grid[kk + 1])
-    hmin = h(tmin, ee)
-    witness = np.where(hg[1:] < 0, grid[1:, None], np.inf)  # (T - 1, E): some h < 0
-    witness[kk, ee] = np.where(hmin < 0, np.minimum(witness[kk, ee], tmin), witness[kk, ee])
-    depth = hg.min(axis=0)
-    np.minimum.at(depth, ee, hmin)
     size = np.linalg.norm(xa, axis=1)[:, None] * (
         np.linalg.norm(hidden0, axis=1) + np.linalg.norm(piece.coefs / piece.rates)
     )
-    crossing = np.nonzero(depth < -_DEPTH_RTOL * size.ravel())[0]
-    if crossing.size == 0:
+    tol = _DEPTH_RTOL * size.ravel()
+    # 0 <= phi_k <= 1 / lambda_k bounds h from below: most entries can never cross.
+    live = np.nonzero(h0 - np.maximum(b, 0.0) @ (1 / piece.rates) < -tol)[0]
+    if live.size == 0:
         return None
-    first = np.argmax(np.isfinite(witness[:, crossing]), axis=0)
-    roots = _bisect(lambda t: h(t, crossing), grid[first], witness[first, crossing])
+    h0, b, tol = h0[live], b[live], tol[live]
+    # h and dh/dt at times t[i] for entries e[i] ...
+    h = lambda t, e: h0[e] - np.sum(_phi(piece.rates, t) * b[e], axis=-1)
+    dh = lambda t, e: -np.sum(np.exp(-piece.rates * t[:, None]) * b[e], axis=-1)
+
+    def on_grid(t):  # ... or at all times t for all entries, as (T, E) arrays
+        return h0 - _phi(piece.rates, t) @ b.T, -np.exp(-piece.rates * t[:, None]) @ b.T
+
+    rates = piece.rates[piece.coefs != 0]
+    lo, hi = _GRID_SPAN[0] / rates.max(), _GRID_SPAN[1] / rates.min()
+    grid = np.geomspace(lo, hi, int(_POINTS_PER_DECADE * np.log10(hi / lo)) + 2)
+    grid = np.concatenate([[0.0], grid])
+    for start in range(0, len(grid) - 1, _CHUNK):  # in time order, to stop early
+        found = _bracket(h, dh, on_grid, grid[start : start + _CHUNK + 1], tol)
+        if found is not None:
+            break
+    else:
+        return None
+    lo, hi, crossing = found
+    roots = _bisect(lambda t: h(t, crossing), lo, hi)
     tau = roots.min()
     hit = np.zeros(len(side), dtype=bool)
-    hit[crossing[roots <= tau * (1 + _SIMULTANEOUS_RTOL)]] = True
+    hit[live[crossing[roots <= tau * (1 + _SIMULTANEOUS_RTOL)]]] = True
     return tau, hit.reshape(active.shape)
+
+
+def _bracket(h, dh, on_grid, grid, tol):
+    """(lo, hi, entries): brackets of each entry's first fall below -tol on `grid`."""
+    hg, dg = on_grid(grid)  # (T, E)
+    witness = np.where(hg[1:] < -tol, grid[1:, None], np.inf)  # (T - 1, E)
+    # Refined local minima of h between grid points catch near-tangent dips.
+    kk, ee = np.nonzero((dg[:-1] < 0) & (dg[1:] >= 0))
+    tmin = _bisect(lambda t: dh(t, ee), grid[kk], grid[kk + 1])
+    deep = h(tmin, ee) < -tol[ee]
+    witness[kk[deep], ee[deep]] = np.minimum(witness[kk[deep], ee[deep]], tmin[deep])
+    found = np.isfinite(witness)
+    entries = np.nonzero(found.any(axis=0))[0]
+    if entries.size == 0:
+        return None
+    first = np.argmax(found[:, entries], axis=0)
+    # Start from the last grid point before it where h >= 0, not a rounding-level dip.
+    nonneg = np.where(hg >= 0, np.arange(len(grid))[:, None], 0)
+    last_nonneg = np.maximum.accumulate(nonneg, axis=0)
+    return grid[last_nonneg[first, entries]], witness[first, entries], entries

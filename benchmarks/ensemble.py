@@ -1,0 +1,119 @@
+"""LanePool against plain `jax.jit(jax.vmap(diffeqsolve))`, side by side in one process.
+
+    python benchmarks/ensemble.py                 # W1 at 4096 inits, both engines
+    python benchmarks/ensemble.py --workload W2 --num 64 --max-steps 20000
+
+Reports inits/s, sum and max of steps, the fraction of lane-steps wasted, compile
+time (separately) and the ratios. Wall times drift on a shared machine; the step
+and lane-step counts do not.
+"""
+
+import argparse
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import diffrax as dfx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+
+import implicit_flow as imf  # noqa: E402
+
+
+def workload(name: str):
+    """(model, data, sampler) of the ensemble issue's workloads W1 and W2."""
+    key_x, key_t, key_v = jr.split(jr.key(2026), 3)
+    if name == "W1":  # single ReLU neuron, d = 10, n = 8, teacher labels
+        d, n = 10, 8
+        x = jr.normal(key_x, (n, d))
+        teacher = jr.normal(key_t, (d,))
+        data = imf.Dataset(x, jnp.maximum(x @ teacher, 0.0))
+        return imf.ReLUNeuron(jnp.zeros(d)), data, imf.Gaussian(1.0)
+    d, m, n, k = 10, 64, 32, 4  # W2: two-layer ReLU, both layers trained
+    x = jr.normal(key_x, (n, d))
+    teacher_w = jr.normal(key_t, (k, d)) / jnp.sqrt(d)
+    teacher_v = jr.normal(key_v, (k,))
+    data = imf.Dataset(x, jnp.maximum(x @ teacher_w.T, 0.0) @ teacher_v)
+    model = imf.TwoLayerReLU(jnp.zeros((m, d)), jnp.zeros(m))
+    scale = imf.TwoLayerReLU(jnp.full((m, d), 1 / np.sqrt(d)), jnp.full(m, 1 / np.sqrt(m)))
+    return model, data, imf.Gaussian(jax.tree.map(lambda a: a[0, 0] if a.ndim == 2 else a[0], scale))
+
+
+def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
+    """Lane-steps LanePool spends on members with `steps` tried steps each (its schedule replayed)."""
+    pending = list(steps[::-1])
+    remaining = np.zeros(min(lanes, len(steps)), dtype=np.int64)
+    busy = np.zeros_like(remaining, dtype=bool)
+    rounds = 0
+    while pending or busy.any():
+        for lane in np.flatnonzero(~busy):
+            if pending:
+                remaining[lane], busy[lane] = pending.pop(), True
+        remaining[busy] -= refill_every
+        busy &= remaining > 0
+        rounds += 1
+    return rounds * refill_every * len(remaining)
+
+
+def run(engine, args, model, data, sampler, key):
+    kwargs = dict(
+        key=key, num=args.num, loss=imf.MeanSquareLoss(), solver=dfx.Tsit5(),
+        stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
+        gtol=args.gtol, max_steps=args.max_steps, engine=engine,
+    )
+    start = time.perf_counter()
+    jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **{**kwargs, "key": jr.key(99)}))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    result = jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **kwargs))
+    return result, time.perf_counter() - start, first
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", choices=["W1", "W2"], default="W1")
+    parser.add_argument("--num", type=int, default=4096)
+    parser.add_argument("--rtol", type=float, default=1e-10)
+    parser.add_argument("--atol", type=float, default=1e-12)
+    parser.add_argument("--gtol", type=float, default=1e-8)
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--lanes", type=int, default=256)
+    parser.add_argument("--refill-every", type=int, default=16)
+    parser.add_argument("--engines", default="pool,vmap")
+    args = parser.parse_args()
+    model, data, sampler = workload(args.workload)
+    print(f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
+          f"gtol={args.gtol} float64 backend={jax.default_backend()} devices={jax.device_count()}")
+    engines = {"pool": imf.LanePool(lanes=args.lanes, refill_every=args.refill_every), "vmap": imf.PlainVmap()}
+    rows, results = [], {}
+    for name in args.engines.split(","):
+        result, wall, first = run(engines[name], args, model, data, sampler, jr.key(0))
+        results[name] = result
+        tried = np.asarray(result.num_steps + result.num_rejected)
+        lane_steps = (
+            pool_lane_steps(tried, args.lanes, args.refill_every) if name == "pool"
+            else len(tried) * tried.max()
+        )
+        statuses = dict(zip(*np.unique(imf.status_names(result.status), return_counts=True)))
+        rows.append((name, wall, first - wall, tried.sum(), tried.max(), np.median(tried),
+                     1 - tried.sum() / lane_steps, int(np.sum(result.num_vf_evals)), statuses))
+    print("| engine | wall s | compile s (approx) | inits/s | sum steps | max steps | median | lane-steps wasted | vf evals | statuses |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, wall, compile_s, total, most, median, waste, evals, statuses in rows:
+        print(f"| {name} | {wall:.2f} | {compile_s:.1f} | {args.num / wall:.0f} | {total} | {most} | "
+              f"{median:.0f} | {waste:.1%} | {evals} | {statuses} |")
+    if len(rows) == 2:
+        print(f"speed-up pool vs vmap (wall): {rows[1][1] / rows[0][1]:.1f}x")
+        both = np.asarray((results["pool"].status == imf.Status.converged) & (results["vmap"].status == imf.Status.converged))
+        diff = max(
+            float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0
+            for a, b in zip(jax.tree.leaves(results["pool"].model), jax.tree.leaves(results["vmap"].model))
+        )
+        print(f"max |limit(pool) - limit(vmap)| over {int(both.sum())} members converged in both: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
