@@ -9,12 +9,24 @@ from ._ensemble import (
     PlainVmap as PlainVmap,
     solve_ensemble as solve_ensemble,
 )
+from ._gd import (
+    compare_gd_flow as compare_gd_flow,
+    GDFlowComparison as GDFlowComparison,
+    GDResult as GDResult,
+    run_gd as run_gd,
+)
 from ._loss import (
     AbstractLoss as AbstractLoss,
     MeanSquareLoss as MeanSquareLoss,
     SumSquareLoss as SumSquareLoss,
 )
-from ._objective import GradientFlow as GradientFlow, Objective as Objective
+from ._modified import ModifiedGradientFlow as ModifiedGradientFlow
+from ._nonsmooth import FilippovFlow as FilippovFlow
+from ._objective import (
+    AbstractFlow as AbstractFlow,
+    GradientFlow as GradientFlow,
+    Objective as Objective,
+)
 from ._result import FlowResult as FlowResult, Status as Status, status_names as status_names
 from ._samplers import (
     AbstractSampler as AbstractSampler,
@@ -23,7 +35,21 @@ from ._samplers import (
     sample_inits as sample_inits,
     Sphere as Sphere,
 )
+from ._sharpness import (
+    hessian_vector_product as hessian_vector_product,
+    sharpness as sharpness,
+    sharpness_dense as sharpness_dense,
+    sharpness_lanczos as sharpness_lanczos,
+    top_eigenpair as top_eigenpair,
+)
 from ._solve import solve_flow as solve_flow
+from ._tail import TailJump as TailJump
+from ._work_precision import (
+    markdown_table as markdown_table,
+    work_precision as work_precision,
+    WorkPrecisionPoint as WorkPrecisionPoint,
+    write_work_precision as write_work_precision,
+)
 from .exact import exact_flow as exact_flow, linear_limit as linear_limit
 from .models import (
     AbstractModel as AbstractModel,

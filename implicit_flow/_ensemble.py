@@ -25,13 +25,14 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ._custom_types import Params
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import GradientFlow, Objective
+from ._objective import AbstractFlow, GradientFlow, Objective
 from ._progress import progress_bar, report_progress
 from ._result import FlowResult, status_from_code, STATUS_NAMES
 from ._samplers import AbstractSampler, sample_members
+from ._tail import TailJump
 from ._solve import check_arguments, count_evals, DEFAULT_CONTROLLER, solve_one
 
-_RUNNING, _IDLE = -1, -2
+_RUNNING, _IDLE, _JUMP = -1, -2, -3
 _CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
 
 
@@ -61,11 +62,14 @@ class _Lane(eqx.Module):
     made_jump: Bool[Array, ""]
     accepted: Int[Array, ""]
     rejected: Int[Array, ""]
+    jumps: Int[Array, ""]
+    next_jump: Float[Array, ""]
 
 
 class _Problem(eqx.Module):
     """Everything a lane step needs, as one pytree."""
 
+    flow: AbstractFlow
     objective: Objective
     data: Dataset
     solver: dfx.AbstractSolver
@@ -73,11 +77,12 @@ class _Problem(eqx.Module):
     gtol: Float[Array, ""]
     t1: Float[Array, ""]
     dt0: Float[Array, ""] | None
+    tail: TailJump | None
     max_steps: int = eqx.field(static=True)
 
     @property
     def term(self) -> dfx.ODETerm:
-        return dfx.ODETerm(GradientFlow(self.objective))
+        return self.flow.term(self.objective)
 
     def start(self, index: Int[Array, ""], y0: Params) -> _Lane:
         """A lane at t = 0, initialized as `diffeqsolve` does."""
@@ -98,6 +103,8 @@ class _Problem(eqx.Module):
             made_jump=jnp.asarray(False),
             accepted=zero,
             rejected=zero,
+            jumps=zero,
+            next_jump=jnp.asarray(self.tail.threshold if self.tail else 0.0, dtype=tnext.dtype),
         )
 
     def step(self, lane: _Lane) -> _Lane:
@@ -122,15 +129,18 @@ class _Problem(eqx.Module):
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jtu.tree_leaves(y)]))
         failed = (solver_result != dfx.RESULTS.successful) & keep
         failed = failed | (controller_result != dfx.RESULTS.successful)
+        speed = self.flow.speed(self.objective, y, self.data)
         code = jnp.select(
             [
                 ~finite,
-                self.objective.grad_norm(y, self.data) < self.gtol,
+                speed < self.gtol,
+                speed < lane.next_jump,
                 failed,
                 accepted + rejected >= self.max_steps,
                 tprev >= self.t1,
             ],
-            [_CODE[name] for name in ("nonfinite", "converged", "solver_failure", "step_limit", "time_limit")],
+            [_CODE["nonfinite"], _CODE["converged"], _JUMP, _CODE["solver_failure"],
+             _CODE["step_limit"], _CODE["time_limit"]],
             _RUNNING,
         )
         new = _Lane(
@@ -144,6 +154,8 @@ class _Problem(eqx.Module):
             made_jump=jnp.where(keep, made_jump, lane.made_jump),
             accepted=accepted,
             rejected=rejected,
+            jumps=lane.jumps,
+            next_jump=lane.next_jump,
         )
         running = lane.code == _RUNNING
         return jtu.tree_map(lambda a, b: jnp.where(running, a, b), new, lane)
@@ -171,8 +183,8 @@ class PlainVmap(AbstractEnsembleEngine):
 @eqx.filter_jit
 def _run_vmap(problem: _Problem, source: _Source, num: int) -> FlowResult:
     solve = lambda y0: solve_one(
-        problem.objective, y0, problem.data, problem.solver, problem.controller,
-        problem.gtol, problem.t1, problem.dt0, problem.max_steps, None,
+        problem.flow, problem.objective, y0, problem.data, problem.solver, problem.controller,
+        problem.gtol, problem.t1, problem.dt0, problem.max_steps, None, problem.tail,
     )
     return jax.vmap(solve)(jax.vmap(source)(jnp.arange(num)))
 
@@ -240,21 +252,47 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
     idle = jax.vmap(lambda i: eqx.tree_at(lambda l: (l.index, l.code), problem.start(i, y_like), (jnp.asarray(num), jnp.asarray(_IDLE))))(jnp.zeros(lanes, int))
     outputs = (
         jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
-        jnp.zeros(num), jnp.zeros(num, int), jnp.zeros(num, int), jnp.full(num, _CODE["solver_failure"]),
+        jnp.zeros(num), jnp.zeros(num, int), jnp.zeros(num, int), jnp.zeros(num, int),
+        jnp.full(num, _CODE["solver_failure"]),
     )
 
+    def jump(lane: _Lane) -> _Lane:
+        """Jump up to `lanes // 8` lanes waiting in their tail (the rest wait a round)."""
+        want = lane.code == _JUMP
+        _, pick = jax.lax.top_k(want.astype(jnp.int32), max(lanes // 8, 1))
+        chosen = want[pick]
+        y = jtu.tree_map(lambda a: a[pick], lane.y)
+        jumped, ok = jax.vmap(problem.tail.jump, in_axes=(None, None, 0, None, None))(
+            problem.flow, problem.objective, y, problem.data, problem.gtol
+        )
+        accept, reject = chosen & ok, chosen & ~ok
+        put = lambda a, b: a.at[pick].set(jnp.where(accept.reshape(-1, *[1] * (b.ndim - 1)), b, a[pick]))
+        code = jnp.where(accept, _CODE["converged"], jnp.where(reject, _RUNNING, lane.code[pick]))
+        return eqx.tree_at(
+            lambda l: (l.y, l.code, l.jumps, l.next_jump),
+            lane,
+            (
+                jtu.tree_map(put, lane.y, jumped),
+                lane.code.at[pick].set(code),
+                lane.jumps.at[pick].add(chosen),
+                lane.next_jump.at[pick].set(jnp.where(reject, lane.next_jump[pick] / problem.tail.retry, lane.next_jump[pick])),
+            ),
+        )
+
     def refill(lane: _Lane, next_index, outputs):
+        if problem.tail is not None:
+            lane = jax.lax.cond(jnp.any(lane.code == _JUMP), jump, lambda l: l, lane)
         finished = lane.code >= 0
         where = jnp.where(finished, lane.index, num)  # out of range: dropped
         put = lambda buf, val: buf.at[where].set(val, mode="drop")
-        ys, ts, acc, rej, codes = outputs
+        ys, ts, acc, rej, jumps, codes = outputs
         outputs = (
             jtu.tree_map(put, ys, lane.y), put(ts, lane.tprev), put(acc, lane.accepted),
-            put(rej, lane.rejected), put(codes, lane.code),
+            put(rej, lane.rejected), put(jumps, lane.jumps), put(codes, lane.code),
         )
         if progress:
             jax.debug.callback(report_progress, jnp.sum(finished), jnp.sum(lane.code == _CODE["converged"]))
-        needs = lane.code != _RUNNING
+        needs = (lane.code != _RUNNING) & (lane.code != _JUMP)
         new_index = next_index + jnp.cumsum(needs) - 1
         load = needs & (new_index < num)
         index = jnp.where(load, new_index, 0)
@@ -279,23 +317,26 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
         lane, next_index, _ = carry
         return (next_index < num) | jnp.any(lane.code != _IDLE)
 
-    _, _, (ys, ts, acc, rej, codes) = jax.lax.while_loop(cond, body, (idle, jnp.asarray(0), outputs))
-    return _assemble(problem, source, offset, ys, ts, acc, rej, codes)
+    _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(cond, body, (idle, jnp.asarray(0), outputs))
+    return _assemble(problem, source, offset, ys, ts, acc, rej, jumps, codes)
 
 
-def _assemble(problem: _Problem, source: _Source, offset, ys, ts, acc, rej, codes) -> FlowResult:
+def _assemble(problem: _Problem, source: _Source, offset, ys, ts, acc, rej, jumps, codes) -> FlowResult:
     objective, data = problem.objective, problem.data
     num = ts.shape[0]
     return FlowResult(
         init=jax.vmap(lambda i: objective.model(source(offset + i)))(jnp.arange(num)),
         model=jax.vmap(objective.model)(ys),
         loss=jax.vmap(objective, in_axes=(0, None))(ys, data),
-        grad_norm=jax.vmap(objective.grad_norm, in_axes=(0, None))(ys, data),
+        grad_norm=jax.vmap(problem.flow.speed, in_axes=(None, 0, None))(objective, ys, data),
         t_final=ts,
         num_steps=acc,
         num_rejected=rej,
-        num_vf_evals=count_evals(problem.solver, acc + rej),
+        num_vf_evals=count_evals(problem.solver, acc + rej) + jumps * (
+            0 if problem.tail is None else problem.tail.cost(objective.model(jtu.tree_map(lambda a: a[0], ys)), data, problem.flow)
+        ),
         status=jax.vmap(status_from_code)(codes),
+        num_jumps=jumps,
     )
 
 
@@ -314,6 +355,8 @@ def solve_ensemble(
     dt0: float | None = None,
     max_steps: int = 100_000,
     trainable: Callable[[object], bool] | Params = eqx.is_inexact_array,
+    flow: AbstractFlow = GradientFlow(),
+    tail: TailJump | None = None,
     engine: AbstractEnsembleEngine = LanePool(),
     progress: bool = False,
 ) -> FlowResult:
@@ -326,8 +369,8 @@ def solve_ensemble(
         inits: either the same model with a leading member axis on every trainable
             leaf (e.g. from `eqx.filter_vmap`), or an `AbstractSampler`, with `key`
             and `num`. Member i of a sampler depends only on (`key`, i).
-        loss, solver, stepsize_controller, gtol, t1, dt0, max_steps, trainable: as
-            for `solve_flow`.
+        loss, solver, stepsize_controller, gtol, t1, dt0, max_steps, trainable,
+            flow, tail: as for `solve_flow`.
         engine: `LanePool()` (default: cost follows the total work; devices and
             pool size are its fields) or `PlainVmap()` (the baseline).
         progress: show a tqdm bar of finished and converged members.
@@ -347,9 +390,10 @@ def solve_ensemble(
         num = _check_stacked(params, stacked)
         source = _Source(stacked, None, None, params)
     problem = _Problem(
+        flow,
         Objective(skeleton, loss), data, solver, stepsize_controller,
         jnp.asarray(gtol, dtype=float), jnp.asarray(t1, dtype=float),
-        None if dt0 is None else jnp.asarray(dt0, dtype=float), max_steps,
+        None if dt0 is None else jnp.asarray(dt0, dtype=float), tail, max_steps,
     )
     with progress_bar(num, progress):
         return engine.run(problem, source, num, progress)

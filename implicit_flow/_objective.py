@@ -1,3 +1,6 @@
+import abc
+
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -41,18 +44,31 @@ def tree_norm(tree: Params) -> Scalar:
     return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in leaves))
 
 
-class GradientFlow(eqx.Module):
-    """Final. The vector field $\\dot\\theta = -\\nabla L(\\theta)$, for `dfx.ODETerm`.
+class AbstractFlow(eqx.Module):
+    """A flow $\\dot\\theta = F(\\theta)$ driven by an objective (abstract).
 
-    The data enters as the solve's `args`, so a new dataset of the same shape
-    reuses the compiled solve.
+    The objective and data are passed in, not held, so one flow object serves
+    every model and dataset and enters compiled code as a (static) pytree.
     """
 
-    objective: Objective
+    @abc.abstractmethod
+    def velocity(self, objective: Objective, params: Params, data: Dataset) -> Params:
+        """$F(\\theta)$."""
 
-    def __call__(self, t: Scalar, params: Params, data: Dataset) -> Params:
-        del t
-        return jtu.tree_map(jnp.negative, self.objective.grad(params, data))
+    def speed(self, objective: Objective, params: Params, data: Dataset) -> Scalar:
+        """$\\|F(\\theta)\\|_2$: the steady-state test compares it with `gtol`."""
+        return tree_norm(self.velocity(objective, params, data))
+
+    def term(self, objective: Objective) -> dfx.ODETerm:
+        """The Diffrax term; the data enters as the solve's `args`."""
+        return dfx.ODETerm(lambda t, y, data: self.velocity(objective, y, data))
+
+
+class GradientFlow(AbstractFlow):
+    """Final. $\\dot\\theta = -\\nabla L(\\theta)$, the gradient from `jax.grad`."""
+
+    def velocity(self, objective: Objective, params: Params, data: Dataset) -> Params:
+        return jtu.tree_map(jnp.negative, objective.grad(params, data))
 
 
 def diagnose(objective: Objective, params: Params, data: Dataset) -> dict[str, Array]:

@@ -49,9 +49,11 @@ class FlowResult(eqx.Module):
     """Final. One gradient flow (or, batched, many) from start to end.
 
     Fields: `init` and `model`, the model at the start and at the end (the limit
-    point when `status == Status.converged`); `loss`, `grad_norm` ($\\|\\nabla L\\|$)
-    at the end; `t_final`; `num_steps` (accepted), `num_rejected`, `num_vf_evals`
-    (gradient evaluations, -1 where the solver's count is unknown); `status`; and,
+    point when `status == Status.converged`); `loss` and `grad_norm` at the end
+    (the flow's speed $\\|F(\\theta)\\|$: $\\|\\nabla L\\|$ for the gradient flow, the
+    minimal-norm subgradient's norm for `FilippovFlow`); `t_final`; `num_steps` (accepted), `num_rejected`, `num_vf_evals`
+    (gradient evaluations, -1 where the solver's count is unknown; a tail jump
+    counts one per Jacobian row); `status`; `num_jumps` (tail jumps tried); and,
     when a save grid was asked for, `ts` with `diagnostics` (a dict of arrays
     with a leading n_save axis: loss, grad_norm, and the model's invariants).
     """
@@ -65,5 +67,6 @@ class FlowResult(eqx.Module):
     num_rejected: Int[Array, ""]
     num_vf_evals: Int[Array, ""]
     status: Status
+    num_jumps: Int[Array, ""]
     ts: Float[Array, " n_save"] | None = None
     diagnostics: dict[str, Array] | None = None

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -12,8 +13,9 @@ from jaxtyping import Array, ArrayLike, Float
 from ._custom_types import Params
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import diagnose, GradientFlow, Objective
-from ._result import FlowResult, Status
+from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
+from ._result import FlowResult, Status, status_from_code
+from ._tail import TailJump
 
 DEFAULT_CONTROLLER = dfx.PIDController(rtol=1e-12, atol=1e-14)
 
@@ -31,6 +33,8 @@ def solve_flow(
     max_steps: int = 100_000,
     ts: ArrayLike | None = None,
     trainable: Callable[[object], bool] | Params = eqx.is_inexact_array,
+    flow: AbstractFlow = GradientFlow(),
+    tail: TailJump | None = None,
 ) -> FlowResult:
     """Run the gradient flow $\\dot\\theta = -\\nabla L(\\theta)$ from `model` to a steady state.
 
@@ -58,6 +62,11 @@ def solve_flow(
         trainable: which leaves are trained, as in `eqx.partition` (a filter
             function or a pytree of bools); the rest stay frozen. Default: every
             inexact array.
+        flow: the vector field: `GradientFlow()` (default), or e.g.
+            `FilippovFlow()` for ReLU nets whose flow slides along kinks.
+        tail: a `TailJump()` finishes the exponential tail with a verified
+            Gauss-Newton jump to the limit (incompatible with `ts`); None integrates
+            all the way to `gtol`.
 
     Returns:
         A `FlowResult`.
@@ -74,10 +83,13 @@ def solve_flow(
             stacklevel=2,
         )
     if ts is not None:
+        if tail is not None:
+            raise ValueError("ts diagnostics are not available with a tail jump")
         ts = _check_ts(ts, t1)
     params, skeleton = eqx.partition(model, trainable)
     objective = Objective(skeleton, loss)
     return solve_one(
+        flow,
         objective,
         params,
         data,
@@ -88,11 +100,13 @@ def solve_flow(
         None if dt0 is None else jnp.asarray(dt0, dtype=float),
         max_steps,
         ts,
+        tail,
     )
 
 
 @eqx.filter_jit
 def solve_one(
+    flow: AbstractFlow,
     objective: Objective,
     params: Params,
     data: Dataset,
@@ -103,16 +117,22 @@ def solve_one(
     dt0: Float[Array, ""] | None,
     max_steps: int,
     ts: Float[Array, " n_save"] | None,
+    tail: TailJump | None = None,
 ) -> FlowResult:
+    if tail is not None:
+        return _solve_with_tail(
+            flow, objective, params, data, solver, controller, gtol, t1, dt0, max_steps, tail
+        )
+
     def converged(t, y, args, **kwargs):
         del t, kwargs
-        return objective.grad_norm(y, args) < gtol
+        return flow.speed(objective, y, args) < gtol
 
     subs = [dfx.SubSaveAt(t1=True)]
     if ts is not None:
         subs.append(dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args)))
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(GradientFlow(objective)),
+        flow.term(objective),
         solver,
         t0=0.0,
         t1=t1,
@@ -127,7 +147,7 @@ def solve_one(
     )
     final = jtu.tree_map(lambda y: y[-1], sol.ys[0])
     loss = objective(final, data)
-    grad_norm = objective.grad_norm(final, data)
+    grad_norm = flow.speed(objective, final, data)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     for leaf in jtu.tree_leaves(final):
         finite = finite & jnp.all(jnp.isfinite(leaf))
@@ -144,8 +164,67 @@ def solve_one(
         num_rejected=num_rejected,
         num_vf_evals=count_evals(solver, num_steps + num_rejected),
         status=status,
+        num_jumps=jnp.asarray(0),
         ts=None if ts is None else sol.ts[1],
         diagnostics=None if ts is None else sol.ys[1],
+    )
+
+
+def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1, dt0, max_steps, tail):
+    """Integrate until the speed falls below the jump threshold, jump, and, if the
+    jump is rejected, integrate on to a threshold `retry` times lower (at least gtol)."""
+
+    def phase(carry):
+        t, y, accepted, rejected, jumps, target, code, _ = carry
+
+        def reached(t, y, args, **kwargs):
+            del t, kwargs
+            return flow.speed(objective, y, args) < target
+
+        sol = dfx.diffeqsolve(
+            flow.term(objective), solver, t0=t, t1=t1, dt0=dt0, y0=y, args=data,
+            saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
+            event=dfx.Event(reached), max_steps=max_steps, throw=False,
+        )
+        y = jtu.tree_map(lambda a: a[-1], sol.ys)
+        accepted = accepted + sol.stats["num_accepted_steps"]
+        rejected = rejected + sol.stats["num_rejected_steps"]
+        finished = sol.result != dfx.RESULTS.event_occurred
+        try_jump = ~finished & (target > gtol)
+        jumped, ok = tail.jump(flow, objective, y, data, gtol)
+        ok = try_jump & ok
+        y = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), jumped, y)
+        code = jnp.where(finished, _result_code(sol.result), jnp.where(ok | ~try_jump, 0, -1))
+        code = jnp.where(accepted + rejected >= max_steps, 1, code)
+        target = jnp.maximum(target / tail.retry, gtol)
+        return sol.ts[-1], y, accepted, rejected, jumps + try_jump, target, code, code >= 0
+
+    zero = jnp.asarray(0)
+    start = (jnp.asarray(0.0), params, zero, zero, zero, jnp.maximum(gtol, tail.threshold), zero - 1, jnp.asarray(False))
+    t_final, final, accepted, rejected, jumps, _, code, _ = jax.lax.while_loop(lambda c: ~c[-1], phase, start)
+    loss = objective(final, data)
+    speed = flow.speed(objective, final, data)
+    finite = jnp.isfinite(loss) & jnp.isfinite(speed)
+    for leaf in jtu.tree_leaves(final):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
+    return FlowResult(
+        init=objective.model(params),
+        model=objective.model(final),
+        loss=loss,
+        grad_norm=speed,
+        t_final=t_final,
+        num_steps=accepted,
+        num_rejected=rejected,
+        num_vf_evals=count_evals(solver, accepted + rejected) + jumps * tail.cost(objective.model(params), data, flow),
+        status=Status.where(finite, status_from_code(code), Status.nonfinite),
+        num_jumps=jumps,
+    )
+
+
+def _result_code(result: dfx.RESULTS):
+    """Diffrax's end of a solve as an index into STATUS_NAMES (no event: 0 never)."""
+    return jnp.where(
+        result == dfx.RESULTS.max_steps_reached, 1, jnp.where(result == dfx.RESULTS.successful, 2, 4)
     )
 
 

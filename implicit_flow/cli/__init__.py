@@ -24,11 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--num-inits", type=int, default=3, help="starts per model (default 3)"
     )
+    bench = commands.add_parser(
+        "bench-solvers",
+        help="work-precision table and plot: ODE solvers and GD against the exact limit",
+    )
+    bench.add_argument("--out-dir", default="bench-solvers", help="where to write")
+    bench.add_argument("--num-inits", type=int, default=4, help="starts (default 4)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--gamma", type=float, default=2.0, help="Theorem 3 data's gamma")
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["demo", *(argv or [])])
     if args.num_inits < 1:
         parser.error(f"--num-inits must be at least 1, got {args.num_inits}")
+    if args.command == "bench-solvers":
+        from .._work_precision import run_bench_solvers
+
+        return run_bench_solvers(
+            out_dir=args.out_dir, num_inits=args.num_inits, seed=args.seed, gamma=args.gamma
+        )
     return run_demo(seed=args.seed, num_inits=args.num_inits)
 
 

@@ -96,6 +96,7 @@ def exact_flow(
         num_rejected=jnp.asarray(0),
         num_vf_evals=jnp.asarray(0),
         status=_STATUS[flow.status],
+        num_jumps=jnp.asarray(0),
         ts=ts,
         diagnostics=diagnostics,
     )

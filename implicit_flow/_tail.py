@@ -1,0 +1,128 @@
+"""Tail acceleration: finish a flow's exponential tail with one Gauss-Newton jump.
+
+Near a limit point $\\theta^*$ the flow approaches it like $e^{-\\lambda_{\\min} t}$:
+most steps of a converging flow are spent there. Once the activation pattern has
+settled, the limit is reachable directly. On a piece where the loss is quadratic
+(linear predictors, single neurons, two-layer nets with a fixed output layer) the
+flow is $\\dot\\theta = -J^\\top r$ with $r = J\\theta - b$, whose limit is exactly
+$\\theta - J^+ r$; for other models the same Gauss-Newton step, iterated, lands on
+the zero-loss manifold within $O(\\|\\theta - \\theta^*\\|^2)$ of the flow's limit.
+Pre-activations that slide along a kink (FilippovFlow, $|z_{ij}| <$ band) are kept
+at 0 as extra rows of $J$.
+
+A jump is accepted only if the flow's own steady-state test passes at the end
+point and the path to it provably keeps the pattern: on a quadratic piece
+$\\|\\theta(t) - \\theta^*\\|$ never increases, so $|z_{ij}(\\theta^*)| \\ge
+\\|[x_i; 1]\\|\\,\\|\\theta - \\theta^*\\|$ for every entry off the kink suffices. For
+other models the jump must also be shorter than `radius`. A rejected jump is
+retried only after the flow's speed has fallen `retry` times further.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float
+
+from ._custom_types import Params
+from ._data import Dataset
+from ._nonsmooth import FilippovFlow, hidden_layer
+from ._objective import AbstractFlow, Objective
+from .models import LinearPredictor, ReLUNeuron, TwoLayerReLU
+
+
+class TailJump(eqx.Module):
+    """Final. Jump to the limit once the flow is in its tail; see the module docstring.
+
+    Fields: `threshold`, the flow speed $\\|F(\\theta)\\|$ below which a jump is tried;
+    `radius`, the longest jump accepted for models whose loss is not piecewise
+    quadratic; `iterations`, Gauss-Newton steps per jump; `retry`, the factor by
+    which the speed must fall further before a rejected jump is tried again.
+    """
+
+    threshold: float = eqx.field(static=True, default=1.0)
+    radius: float = eqx.field(static=True, default=1e-4)
+    iterations: int = eqx.field(static=True, default=3)
+    retry: float = eqx.field(static=True, default=10.0)
+
+    def cost(self, model, data: Dataset, flow: AbstractFlow) -> int:
+        """Gradient-evaluation equivalents of one jump: one per Jacobian row."""
+        rows = data.x.shape[0]
+        if isinstance(flow, FilippovFlow) and isinstance(model, ReLUNeuron | TwoLayerReLU):
+            width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
+            rows += width * min(flow.max_kinks, data.x.shape[0])
+        return self.iterations * rows
+
+    def jump(
+        self,
+        flow: AbstractFlow,
+        objective: Objective,
+        params: Params,
+        data: Dataset,
+        gtol: Float[Array, ""],
+    ) -> tuple[Params, Bool[Array, ""]]:
+        """The jumped parameters and whether the jump is accepted."""
+        model = objective.model(params)
+        flat, unravel = ravel_pytree(params)
+        relu = isinstance(model, ReLUNeuron | TwoLayerReLU)
+        sliding = relu and isinstance(flow, FilippovFlow)
+        if sliding:
+            near, _, kinks = flow.kinks(_preactivations(model, data)[0])
+
+        def rows(theta):
+            m = objective.model(unravel(theta))
+            out = jax.vmap(m)(data.x) - data.y
+            if not sliding:
+                return out
+            zk = jnp.take_along_axis(_preactivations(m, data)[0].T, near, axis=1)
+            return jnp.concatenate([out, jnp.where(kinks, zk, 0.0).ravel()])
+
+        def gauss_newton(theta, _):
+            jac = jax.jacrev(rows)(theta)
+            gram = jac @ jac.T
+            vals, vecs = jnp.linalg.eigh(gram)
+            cutoff = 1e-12 * jnp.max(vals)
+            inv = jnp.where(vals > cutoff, 1.0 / jnp.where(vals > cutoff, vals, 1.0), 0.0)
+            return theta - jac.T @ (vecs @ (inv * (vecs.T @ rows(theta)))), None
+
+        theta, _ = jax.lax.scan(gauss_newton, flat, None, length=self.iterations)
+        jumped = unravel(theta)
+        ok = jnp.all(jnp.isfinite(theta)) & (flow.speed(objective, jumped, data) < gtol)
+        if not relu:  # no kinks: only the distance can tell
+            return jumped, ok & (_piecewise_quadratic(model) | (jnp.linalg.norm(theta - flat) <= self.radius))
+        held = jnp.zeros(_preactivations(model, data)[0].shape, bool)
+        if sliding:  # entries held on their kink are exempt from the side test
+            columns = jnp.arange(held.shape[1])[:, None]
+            held = held.T.at[columns, near].set(kinks).T
+        z_of = lambda th: _preactivations(objective.model(unravel(th)), data)[0]
+        side = jnp.sign(z_of(flat))
+        if _piecewise_quadratic(model):
+            # theta(t) = theta* + expm(-t A)(theta - theta*): check z along that path.
+            jac = jax.jacrev(lambda th: rows(th)[: data.x.shape[0]])(flat)
+            vals, vecs = jnp.linalg.eigh(jac.T @ jac)
+            top = jnp.max(vals)
+            low = jnp.min(jnp.where(vals > 1e-12 * top, vals, top))
+            times = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-3 / top, 60.0 / low, 160)])
+            proj = jax.jacrev(lambda th: z_of(th).ravel())(theta) @ vecs
+            decay = jnp.exp(-jnp.maximum(vals, 0.0)[:, None] * times[None, :])
+            path = z_of(theta).ravel()[:, None] + (proj * (vecs.T @ (flat - theta))) @ decay
+            slack = 1e-12 * (1.0 + jnp.max(jnp.abs(path)))
+            keeps = jnp.all(path * side.ravel()[:, None] >= -slack, axis=1).reshape(side.shape)
+        else:
+            keeps = (jnp.sign(z_of(theta)) == side) & (jnp.linalg.norm(theta - flat) <= self.radius)
+        return jumped, ok & jnp.all(keeps | held)
+
+
+def _piecewise_quadratic(model) -> bool:
+    if isinstance(model, TwoLayerReLU):
+        return not model.train_output
+    return isinstance(model, LinearPredictor | ReLUNeuron)
+
+
+def _preactivations(model, data: Dataset) -> tuple[Float[Array, "n m"], Float[Array, " n"]]:
+    """z_ij and the norms of the rows [x_i; 1] (or x_i without bias)."""
+    hidden, _, has_bias = hidden_layer(model)
+    x = data.x
+    if has_bias:
+        x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+    return x @ hidden.T, jnp.linalg.norm(x, axis=1)
