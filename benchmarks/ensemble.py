@@ -9,7 +9,10 @@ and lane-step counts do not.
 """
 
 import argparse
+import os
 import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the exact flows' small eigh calls
 
 import jax
 
@@ -58,8 +61,8 @@ def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
     return rounds * refill_every * len(remaining)
 
 
-def run(engine, args, model, data, sampler, key):
-    kwargs = dict(
+def run(engine, tail, flow, args, model, data, sampler, key):
+    kwargs = dict(tail=tail, flow=flow,
         key=key, num=args.num, loss=imf.MeanSquareLoss(), solver=dfx.Tsit5(),
         stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
         gtol=args.gtol, max_steps=args.max_steps, engine=engine,
@@ -82,19 +85,23 @@ def main():
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--lanes", type=int, default=256)
     parser.add_argument("--refill-every", type=int, default=16)
-    parser.add_argument("--engines", default="pool,vmap")
+    parser.add_argument("--engines", default="pool+tail,pool,vmap")
+    parser.add_argument("--filippov", action="store_true", help="FilippovFlow (W2)")
+    parser.add_argument("--check-exact", type=int, default=256, help="members checked against exact_flow (W1)")
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
     print(f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
           f"gtol={args.gtol} float64 backend={jax.default_backend()} devices={jax.device_count()}")
-    engines = {"pool": imf.LanePool(lanes=args.lanes, refill_every=args.refill_every), "vmap": imf.PlainVmap()}
+    pool = imf.LanePool(lanes=args.lanes, refill_every=args.refill_every)
+    engines = {"pool+tail": (pool, imf.TailJump()), "pool": (pool, None), "vmap": (imf.PlainVmap(), None)}
+    flow = imf.FilippovFlow() if args.filippov else imf.GradientFlow()
     rows, results = [], {}
     for name in args.engines.split(","):
-        result, wall, first = run(engines[name], args, model, data, sampler, jr.key(0))
+        result, wall, first = run(*engines[name], flow, args, model, data, sampler, jr.key(0))
         results[name] = result
         tried = np.asarray(result.num_steps + result.num_rejected)
         lane_steps = (
-            pool_lane_steps(tried, args.lanes, args.refill_every) if name == "pool"
+            pool_lane_steps(tried, args.lanes, args.refill_every) if name.startswith("pool")
             else len(tried) * tried.max()
         )
         statuses = dict(zip(*np.unique(imf.status_names(result.status), return_counts=True)))
@@ -105,14 +112,27 @@ def main():
     for name, wall, compile_s, total, most, median, waste, evals, statuses in rows:
         print(f"| {name} | {wall:.2f} | {compile_s:.1f} | {args.num / wall:.0f} | {total} | {most} | "
               f"{median:.0f} | {waste:.1%} | {evals} | {statuses} |")
-    if len(rows) == 2:
-        print(f"speed-up pool vs vmap (wall): {rows[1][1] / rows[0][1]:.1f}x")
-        both = np.asarray((results["pool"].status == imf.Status.converged) & (results["vmap"].status == imf.Status.converged))
+    base = dict((row[0], row[1]) for row in rows)
+    if "vmap" in base:
+        for name in base:
+            print(f"wall-time speed-up of {name} over vmap: {base['vmap'] / base[name]:.1f}x")
+    names = list(results)
+    for a, b in zip(names, names[1:]):
+        both = np.asarray((results[a].status == imf.Status.converged) & (results[b].status == imf.Status.converged))
         diff = max(
-            float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0
-            for a, b in zip(jax.tree.leaves(results["pool"].model), jax.tree.leaves(results["vmap"].model))
+            float(np.max(np.abs(x[both] - y[both]))) if both.any() else 0.0
+            for x, y in zip(jax.tree.leaves(results[a].model), jax.tree.leaves(results[b].model))
         )
-        print(f"max |limit(pool) - limit(vmap)| over {int(both.sum())} members converged in both: {diff:.2e}")
+        print(f"max |limit({a}) - limit({b})| over {int(both.sum())} members converged in both: {diff:.2e}")
+    if args.workload == "W1" and args.check_exact:
+        k = min(args.check_exact, args.num)
+        exact = np.stack([
+            np.asarray(imf.exact_flow(imf.ReLUNeuron(w), data, loss=imf.MeanSquareLoss()).model.weight)
+            for w in np.asarray(results[names[0]].init.weight[:k])
+        ])
+        for name, result in results.items():
+            error = np.max(np.abs(np.asarray(result.model.weight[:k]) - exact), axis=1)
+            print(f"{name}: error vs exact_flow over the first {k} members: max {error.max():.2e}, median {np.median(error):.2e}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,15 @@
 
 import importlib.metadata
 
+from . import paper as paper
+from ._classify import (
+    Classification as Classification,
+    classify as classify,
+    classify_ensemble as classify_ensemble,
+    count_kinds as count_kinds,
+    kind_names as kind_names,
+    LimitKind as LimitKind,
+)
 from ._data import Dataset as Dataset
 from ._ensemble import (
     AbstractEnsembleEngine as AbstractEnsembleEngine,

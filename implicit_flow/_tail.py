@@ -41,7 +41,7 @@ class TailJump(eqx.Module):
     """
 
     threshold: float = eqx.field(static=True, default=1.0)
-    radius: float = eqx.field(static=True, default=1e-4)
+    radius: float = eqx.field(static=True, default=1e-5)
     iterations: int = eqx.field(static=True, default=3)
     retry: float = eqx.field(static=True, default=10.0)
 
@@ -50,7 +50,7 @@ class TailJump(eqx.Module):
         rows = data.x.shape[0]
         if isinstance(flow, FilippovFlow) and isinstance(model, ReLUNeuron | TwoLayerReLU):
             width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
-            rows += width * min(flow.max_kinks, data.x.shape[0])
+            rows += width * min(2, data.x.shape[0])
         return self.iterations * rows
 
     def jump(

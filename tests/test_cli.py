@@ -20,3 +20,17 @@ def test_demo_runs_and_its_limits_match_the_exact_flows():
     assert -0.12 < s < -0.10
     errors = [float(r.split()[-1]) for r in rows if "converged" in r and re.search(r"e-\d+$", r)]
     assert len(errors) >= 8 and max(errors) < 1e-6
+
+
+def test_reproduce_quick_passes_every_row(tmp_path):
+    script = Path(sys.executable).parent / "implicit-flow"
+    out = subprocess.run(
+        [str(script), "reproduce", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.endswith("|")]
+    marks = [row.rstrip("| ").rsplit("|", 1)[-1].strip() for row in rows[2:]]
+    assert len(marks) >= 20 and set(marks) == {"pass"}, marks
+    assert len(list(tmp_path.glob("*.png"))) >= 5

@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument(
         "--num-inits", type=int, default=3, help="starts per model (default 3)"
     )
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="reproduce Vardi & Shamir (2021): every check, a report and figures",
+    )
+    reproduce.add_argument("--quick", action="store_true", help="the 1-minute version")
+    reproduce.add_argument("--out", default="reproduction", help="output folder")
     bench = commands.add_parser(
         "bench-solvers",
         help="work-precision table and plot: ODE solvers and GD against the exact limit",
@@ -34,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--gamma", type=float, default=2.0, help="Theorem 3 data's gamma")
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
-    if args.num_inits < 1:
+        args = parser.parse_args(["reproduce", *(argv or [])])
+    if getattr(args, "num_inits", 1) < 1:
         parser.error(f"--num-inits must be at least 1, got {args.num_inits}")
+    if args.command == "reproduce":
+        from ..paper import run_reproduce
+
+        return run_reproduce(quick=args.quick, out_dir=args.out)
     if args.command == "bench-solvers":
         from .._work_precision import run_bench_solvers
 

@@ -8,6 +8,7 @@ numpy, printing and files are allowed here; the numerics live in the other modul
 """
 
 import dataclasses
+import functools as ft
 import time
 import traceback
 from collections.abc import Callable
@@ -782,7 +783,7 @@ def _theorem8(rep: _Report, cfg: _Config, key) -> None:
         and abs(ode_ratio - worst.ratio) <= 1e-6
         and mono <= 1e-12,
     )
-    np.set_printoptions(precision=6, suppress=False)
+    full = ft.partial(np.array2string, precision=17, separator=", ", max_line_width=88)
     body = "\n".join(
         [
             "| shape (n, d) | runs | counted | max ratio | median | fraction > 1 |",
@@ -795,15 +796,16 @@ def _theorem8(rep: _Report, cfg: _Config, key) -> None:
             "|---|---|---|---|",
             *lines,
             "",
-            f"Worst case found: ratio {worst.ratio:.9f}, labels from the teacher.",
+            f"Worst case found: ratio {worst.ratio:.9f}, labels from the teacher "
+            "(full precision, to re-run it):",
             "",
             "```",
-            f"X =\n{worst.x}",
-            f"teacher = {worst.teacher}",
-            f"y = {worst.y}",
-            f"w0 = {worst.start}",
-            f"w_inf = {worst.limit}",
-            f"P_G(w0) = {worst.projection}",
+            f"X =\n{full(worst.x)}",
+            f"teacher = {full(worst.teacher)}",
+            f"y = {full(worst.y)}",
+            f"w0 = {full(worst.start)}",
+            f"w_inf = {full(worst.limit)}",
+            f"P_G(w0) = {full(worst.projection)}",
             "```",
         ]
     )

@@ -231,9 +231,10 @@ def zero_loss_set(data: Dataset, negative_slope: float = 0.0) -> ZeroLossSet:
         The `ZeroLossSet`.
 
     Example:
-        >>> g = zero_loss_set(theorem3_data(1.0))   # {(5, -1, s): s <= 1}
-        >>> g.project(np.zeros(3)).round(12).tolist()
-        [5.0, -1.0, 0.0]
+        >>> from implicit_flow.paper import theorem3_data
+        >>> g = zero_loss_set(theorem3_data(1.0))  # {(5, -1, s): s <= 1}
+        >>> g.project([0.0, 0.0, 3.0]).round(12).tolist()
+        [5.0, -1.0, 1.0]
     """
     return zero_loss_set_of(np.asarray(data.x), np.asarray(data.y), negative_slope)
 
