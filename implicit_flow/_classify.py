@@ -105,6 +105,7 @@ from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
 from ._nonsmooth import hidden_layer
 from ._objective import AbstractFlow, GradientFlow, Objective
+from ._solve import check_model_data
 from ._result import FlowResult
 from .models import ReLUNeuron, TwoLayerReLU
 
@@ -211,7 +212,7 @@ def classify(
         >>> bool(c.kind == imf.LimitKind.global_minimum), int(c.multiplicity)
         (True, 1)
     """
-    _check(model, data)
+    check_model_data(model, data)
     tols = _Tolerances(loss_tol, kink_tol, speed_tol, curvature_tol, rank_rtol)
     return _classify_jit(model, data, loss, flow, trainable, tols)
 
@@ -237,7 +238,7 @@ def classify_ensemble(
     if not isinstance(result, FlowResult):
         raise ValueError(f"result must be a FlowResult, got {type(result).__name__}")
     member = jtu.tree_map(lambda a: a[0], result.model)
-    _check(member, data)
+    check_model_data(member, data)
     tols = _Tolerances(loss_tol, kink_tol, speed_tol, curvature_tol, rank_rtol)
     return _classify_batch(result.model, data, loss, flow, trainable, tols)
 
@@ -252,21 +253,6 @@ def count_kinds(classification: Classification) -> dict[str, int]:
     """Host-side: how many points of each kind, e.g. for an ensemble."""
     names = kind_names(classification.kind)
     return {name: int(np.sum(names == name)) for name in KIND_NAMES}
-
-
-def _check(model, data) -> None:
-    if not isinstance(data, Dataset):
-        raise ValueError(
-            f"data must be an implicit_flow.Dataset, got {type(data).__name__}"
-        )
-    try:
-        out = eqx.filter_eval_shape(model, data.x[0])
-    except Exception as error:
-        raise ValueError(
-            f"the model cannot take inputs of dimension d = {data.dim}: {error}"
-        ) from error
-    if out.shape != ():
-        raise ValueError(f"the model must return a scalar, got shape {out.shape}")
 
 
 @eqx.filter_jit

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
@@ -30,7 +31,7 @@ from ._progress import progress_bar, report_progress
 from ._result import FlowResult, status_from_code, STATUS_NAMES
 from ._samplers import AbstractSampler, sample_members
 from ._tail import TailJump
-from ._solve import check_arguments, count_evals, DEFAULT_CONTROLLER, solve_one
+from ._solve import all_finite, check_arguments, count_evals, DEFAULT_CONTROLLER, solve_one
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
 _CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
@@ -126,7 +127,7 @@ class _Problem(eqx.Module):
         y = select(y, lane.y)
         accepted = lane.accepted + keep
         rejected = lane.rejected + ~keep
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jtu.tree_leaves(y)]))
+        finite = all_finite(y)
         failed = (solver_result != dfx.RESULTS.successful) & keep
         failed = failed | (controller_result != dfx.RESULTS.successful)
         speed = self.flow.speed(self.objective, y, self.data)
@@ -212,26 +213,42 @@ class LanePool(AbstractEnsembleEngine):
             )
 
     def run(self, problem, source, num, progress):
-        devices = self.devices or (jax.devices()[0],)
-        per_device = -(-num // len(devices))
-        return jtu.tree_map(
-            lambda a: a[:num],
-            _run_pool(problem, source, per_device, self.lanes, self.refill_every, Mesh(np.asarray(devices), ("ensemble",)), progress),
-        )
+        # Across processes (after `jax.distributed.initialize`) each process takes a
+        # contiguous block of members on its own devices, and the blocks are gathered
+        # once at the end: JAX's runtime is the only distributed machinery.
+        processes, rank = jax.process_count(), jax.process_index()
+        block = -(-num // processes)
+        start, count = rank * block, max(min(block, num - rank * block), 1)
+        devices = self.devices or (jax.local_devices()[0],)
+        per_device = -(-count // len(devices))
+        if source.stacked is not None:
+            rows = jnp.minimum(jnp.arange(start, start + count), num - 1)
+            source = eqx.tree_at(lambda s: s.stacked, source, jtu.tree_map(lambda a: a[rows], source.stacked))
+            start = 0
+        mesh = Mesh(np.asarray(devices), ("ensemble",))
+        result = _run_pool(problem, source, start, per_device, self.lanes, self.refill_every, mesh, progress)
+        result = jtu.tree_map(lambda a: a[:count], result)
+        if processes == 1:
+            return result
+        gathered = multihost_utils.process_allgather(jtu.tree_map(lambda a: _pad_rows(a, block), result))
+        return jtu.tree_map(lambda a: a.reshape(-1, *a.shape[2:])[:num], gathered)
+
+
+def _pad_rows(a, rows: int):
+    return jnp.concatenate([a, jnp.repeat(a[-1:], rows - a.shape[0], axis=0)])
 
 
 @eqx.filter_jit
-def _run_pool(problem: _Problem, source: _Source, per_device: int, lanes: int, refill_every: int, mesh: Mesh, progress: bool) -> FlowResult:
+def _run_pool(problem: _Problem, source: _Source, start: int, per_device: int, lanes: int, refill_every: int, mesh: Mesh, progress: bool) -> FlowResult:
     dynamic, static = eqx.partition((problem, source), eqx.is_array)
     stacked = source.stacked is not None
     if stacked:  # pad to a whole number of blocks, then give each device its own
-        total = per_device * mesh.size
-        pad = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], total - a.shape[0], axis=0)])
+        pad = lambda a: _pad_rows(a, per_device * mesh.size)
         dynamic = eqx.tree_at(lambda d: d[1].stacked, dynamic, jtu.tree_map(pad, dynamic[1].stacked))
 
     def block(dynamic):
         problem, source = eqx.combine(dynamic, static)
-        offset = jax.lax.axis_index("ensemble") * per_device
+        offset = start + jax.lax.axis_index("ensemble") * per_device
         if stacked:
             offset = 0  # the stacked rows arrive already split
         return _pool_loop(problem, source, offset, per_device, lanes, refill_every, progress)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
@@ -148,10 +148,7 @@ def solve_one(
     final = jtu.tree_map(lambda y: y[-1], sol.ys[0])
     loss = objective(final, data)
     grad_norm = flow.speed(objective, final, data)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    for leaf in jtu.tree_leaves(final):
-        finite = finite & jnp.all(jnp.isfinite(leaf))
-    status = _status(sol.result, finite)
+    status = _status(sol.result, all_finite((final, loss, grad_norm)))
     num_steps = sol.stats["num_accepted_steps"]
     num_rejected = sol.stats["num_rejected_steps"]
     return FlowResult(
@@ -204,9 +201,7 @@ def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1
     t_final, final, accepted, rejected, jumps, _, code, _ = jax.lax.while_loop(lambda c: ~c[-1], phase, start)
     loss = objective(final, data)
     speed = flow.speed(objective, final, data)
-    finite = jnp.isfinite(loss) & jnp.isfinite(speed)
-    for leaf in jtu.tree_leaves(final):
-        finite = finite & jnp.all(jnp.isfinite(leaf))
+    finite = all_finite((final, loss, speed))
     return FlowResult(
         init=objective.model(params),
         model=objective.model(final),
@@ -219,6 +214,11 @@ def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1
         status=Status.where(finite, status_from_code(code), Status.nonfinite),
         num_jumps=jumps,
     )
+
+
+def all_finite(tree) -> Bool[Array, ""]:
+    """Whether every entry of every leaf of `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jtu.tree_leaves(tree)]))
 
 
 def _result_code(result: dfx.RESULTS):
@@ -258,9 +258,23 @@ def count_evals(solver, steps_tried):
     return (per_step + 1) * steps_tried + 2
 
 
-def check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
+def check_model_data(model, data) -> None:
+    """Raise a ValueError unless `data` is a Dataset that `model` maps to scalars."""
     if not isinstance(data, Dataset):
         raise ValueError(f"data must be an implicit_flow.Dataset, got {type(data).__name__}")
+    try:
+        out = eqx.filter_eval_shape(model, data.x[0])
+    except Exception as error:
+        raise ValueError(
+            f"the model cannot take inputs of dimension d = {data.dim}: {error}"
+        ) from error
+    if out.shape != ():
+        raise ValueError(f"the model must return a scalar, got shape {out.shape}")
+
+
+def check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
+    """Raise a ValueError naming the first bad argument of a flow solve."""
+    check_model_data(model, data)
     if not (np.isfinite(gtol) and gtol > 0):
         raise ValueError(f"gtol must be positive and finite, got {gtol}")
     if not t1 > 0:
@@ -272,14 +286,6 @@ def check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
             value = getattr(controller, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"stepsize_controller.{name} must be positive, got {value}")
-    try:
-        out = eqx.filter_eval_shape(model, data.x[0])
-    except Exception as error:
-        raise ValueError(
-            f"the model cannot take inputs of dimension d = {data.dim}: {error}"
-        ) from error
-    if out.shape != ():
-        raise ValueError(f"the model must return a scalar, got shape {out.shape}")
 
 
 def _check_ts(ts: ArrayLike, t1: float) -> Float[Array, " n_save"]:

@@ -179,3 +179,49 @@ def test_four_cpu_devices_equal_one():
     for other in ("four", "four_stacked"):
         for a, b in zip(out["one"], out[other]):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+TWO_PROCESSES = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    rank, port = int(sys.argv[1]), int(sys.argv[2])
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=rank)
+    jax.config.update("jax_enable_x64", True)
+    import jax.random as jr, numpy as np
+    import implicit_flow as imf
+    assert jax.process_count() == 2
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4))
+    data = imf.Dataset(x, x @ rng.normal(size=4))
+    model = imf.DeepLinear([np.zeros((2, 4)), np.zeros((1, 2))])
+    res = imf.solve_ensemble(model, data, imf.Gaussian(1.0), key=jr.key(1), num=8, gtol=1e-11,
+                             engine=imf.LanePool(lanes=4))
+    if rank == 0:
+        print(json.dumps([np.asarray(w).tolist() for w in res.model.weights]))
+    """
+)
+
+
+def test_two_processes_equal_one():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_PROCESSES, str(rank), str(port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    two = json.loads(outs[0][0].strip().splitlines()[-1])
+    data, model = _deep_linear_problem()
+    one = imf.solve_ensemble(model, data, imf.Gaussian(1.0), key=jr.key(1), num=8, gtol=1e-11,
+                             engine=imf.LanePool(lanes=4))
+    for a, b in zip(one.model.weights, two):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
