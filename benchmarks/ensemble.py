@@ -68,7 +68,8 @@ def run(engine, tail, flow, args, model, data, sampler, key):
         gtol=args.gtol, max_steps=args.max_steps, engine=engine,
     )
     start = time.perf_counter()
-    jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **{**kwargs, "key": jr.key(99)}))
+    if args.warmup:
+        jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **{**kwargs, "key": jr.key(99)}))
     first = time.perf_counter() - start
     start = time.perf_counter()
     result = jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **kwargs))
@@ -87,6 +88,8 @@ def main():
     parser.add_argument("--refill-every", type=int, default=16)
     parser.add_argument("--engines", default="pool+tail,pool,vmap")
     parser.add_argument("--filippov", action="store_true", help="FilippovFlow (W2)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="time the first call (compile included) instead of a second one")
     parser.add_argument("--check-exact", type=int, default=256, help="members checked against exact_flow (W1)")
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
@@ -105,7 +108,7 @@ def main():
             else len(tried) * tried.max()
         )
         statuses = dict(zip(*np.unique(imf.status_names(result.status), return_counts=True)))
-        rows.append((name, wall, first - wall, tried.sum(), tried.max(), np.median(tried),
+        rows.append((name, wall, first - wall if args.warmup else float("nan"), tried.sum(), tried.max(), np.median(tried),
                      1 - tried.sum() / lane_steps, int(np.sum(result.num_vf_evals)), statuses))
     print("| engine | wall s | compile s (approx) | inits/s | sum steps | max steps | median | lane-steps wasted | vf evals | statuses |")
     print("|---|---|---|---|---|---|---|---|---|---|")

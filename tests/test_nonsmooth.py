@@ -9,6 +9,7 @@ import scipy.linalg
 import scipy.optimize
 
 import implicit_flow as imf
+from implicit_flow.exact._piecewise import piecewise_affine_flow
 
 # z_1 = w_1. Above w_1 = 0 the negative label y_1 = -1 pulls w_1 down; below, x_2
 # pushes it up while 4 < w_2 < 5: the field points into w_1 = 0 from both sides.
@@ -128,3 +129,50 @@ def test_filippov_flow_rejects_other_models():
     data = imf.Dataset(np.ones((2, 3)), np.ones(2))
     with pytest.raises(ValueError, match="FilippovFlow needs"):
         imf.solve_flow(imf.LinearPredictor(np.ones(3)), data, flow=imf.FilippovFlow())
+
+
+@pytest.mark.parametrize("y3", [1.0, 6.0])
+def test_filippov_flow_enters_and_leaves_the_surface_like_the_exact_flow(y3):
+    # A third point x_3 = (0, 1) moves the sliding multiplier to a bound in finite
+    # time: y3 = 1 leaves to the active side, y3 = 6 to the inactive side.
+    x = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    data = imf.Dataset(x, [-1.0, 5.0, y3])
+    start = np.array([0.05, 4.6]) if y3 == 1.0 else np.array([0.5, 4.0])
+    exact = imf.exact_flow(imf.ReLUNeuron(start), data)
+    flow = imf.FilippovFlow()
+    result = imf.solve_flow(imf.ReLUNeuron(start), data, flow=flow, gtol=1e-11)
+    np.testing.assert_allclose(result.model.weight, exact.model.weight, atol=1e-7)
+    pieces = piecewise_affine_flow(x, np.asarray(data.y), np.ones(1), start[None], bias=False)
+    t_in, t_out = pieces.switch_times[:2]
+    z1 = lambda t: float(imf.solve_flow(imf.ReLUNeuron(start), data, flow=flow, t1=t).model.weight[0])
+    eps = 1e-6  # the solver enters within eps of the exact time
+    assert z1(t_in - eps) > flow.band and abs(z1(t_in + eps)) <= flow.band
+    assert abs(z1(t_out - eps)) <= flow.band
+    # z leaves the surface quadratically (dz/dt = 0 at the exit), so the exit is
+    # checked on the path after it: z against the exact flow's z.
+    for t in (t_out + 1e-3, t_out + 1e-2, t_out + 0.1):
+        assert abs(z1(t) - pieces.at(np.array([t]))[0, 0, 0]) <= 2 * flow.band
+    assert np.sign(z1(t_out + 0.1)) == (1 if y3 == 1.0 else -1)
+
+
+def test_fixed_output_nets_that_slide_match_the_exact_filippov_limit():
+    checked = 0
+    for seed in range(100, 130):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(5, 3))
+        teacher = rng.normal(size=(2, 3))
+        v = np.array([1.0, -0.5])
+        model = imf.TwoLayerReLU(
+            teacher + 0.3 * rng.normal(size=(2, 3)), v, 0.1 * rng.normal(size=2), train_output=False
+        )
+        data = imf.Dataset(x, np.maximum(x @ teacher.T, 0.0) @ v)
+        if imf.exact_flow(model, data, slide=False).status != imf.Status.sliding:
+            continue
+        exact = imf.exact_flow(model, data)
+        assert exact.status == imf.Status.converged
+        result = imf.solve_flow(model, data, flow=imf.FilippovFlow(), gtol=1e-11, tail=imf.TailJump())
+        assert result.status == imf.Status.converged
+        np.testing.assert_allclose(result.model.hidden_weight, exact.model.hidden_weight, atol=1e-7)
+        np.testing.assert_allclose(result.model.hidden_bias, exact.model.hidden_bias, atol=1e-7)
+        checked += 1
+    assert checked >= 3

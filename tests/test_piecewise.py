@@ -18,17 +18,21 @@ _HORIZON = 200.0
 _N_RANDOM = 24
 
 
-def _reference(x, y, v, hidden0, ts, *, bias, negative_slope, mean):
+def _reference(x, y, v, hidden0, ts, *, bias, negative_slope, mean, sliding):
     """Integrates the flow with DOP853, restarting at every kink crossing (an event).
 
     It stops at `_HORIZON`, where the field points into a kink from both sides, or
     where the speed falls below 1e-12 (later kink events would be rounding noise).
+
+    Args:
+        sliding: must be "stop", as it is for the flows it checks.
 
     Returns:
         (flat states at `ts` up to where it stopped, the time where it stopped, the
         flat state there (at the horizon: the limit of the last affine piece), how it
         stopped: "horizon", "sliding" or "converged").
     """
+    assert sliding == "stop"
     xa = np.hstack([x, np.ones((len(x), 1))]) if bias else x
     scale = 1 / len(y) if mean else 1.0
 
@@ -98,7 +102,9 @@ def _random_case(seed):
         y = np.maximum(x @ rng.normal(size=(d, m)), 0.0) @ v
     else:  # random labels, a few of them negative
         y = rng.normal(1.5, 1.0, size=n)
-    args = dict(bias=bias, negative_slope=alpha, mean=mean)
+    # The reference stops at sliding modes, so these flows do too (the Filippov
+    # continuation is checked in test_sliding_exact.py).
+    args = dict(bias=bias, negative_slope=alpha, mean=mean, sliding="stop")
     return x, y, v, hidden0, args, piecewise_affine_flow(x, y, v, hidden0, **args)
 
 
@@ -234,11 +240,19 @@ def test_sliding_mode():
     # underfit, pushes z_1 up on the inactive side: the field points into z_1 = 0.
     x, y = np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([-5.0, 2.0])
     hidden0 = np.array([[1.0, 0.5]])
-    flow = piecewise_affine_flow(x, y, np.ones(1), hidden0, bias=False)
+    flow = piecewise_affine_flow(x, y, np.ones(1), hidden0, bias=False, sliding="stop")
     assert flow.status == "sliding" and len(flow.switch_times) == 0
     ts = np.array([0.0, 0.5 * flow.t_final, flow.t_final])
     ref, t_end, theta_end, how = _reference(
-        x, y, np.ones(1), hidden0, ts, bias=False, negative_slope=0.0, mean=False
+        x,
+        y,
+        np.ones(1),
+        hidden0,
+        ts,
+        bias=False,
+        negative_slope=0.0,
+        mean=False,
+        sliding="stop",
     )
     assert how == "sliding"
     assert flow.t_final == pytest.approx(t_end, rel=0, abs=1e-8)
@@ -292,3 +306,28 @@ def test_bad_input_raises(change, name):
     kwargs.update(change)
     with pytest.raises(ValueError, match=f"^{name} "):
         piecewise_affine_flow(bias=False, **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(_N_RANDOM))
+def test_filippov_matches_stop_until_it_stops(seed):
+    x, y, v, hidden0, args, stop = _random_case(seed)
+    full = piecewise_affine_flow(x, y, v, hidden0, **{**args, "sliding": "filippov"})
+    assert full.status == "converged"
+    k = len(stop.switch_times)
+    np.testing.assert_allclose(full.switch_times[:k], stop.switch_times, rtol=1e-12)
+    ts = np.linspace(0.0, min(stop.t_final, 50.0), 25)
+    np.testing.assert_allclose(full.at(ts), stop.at(ts), rtol=0, atol=1e-12)
+    if stop.status == "converged":
+        assert len(full.switch_times) == k and not any(f.any() for f in full.faces)
+        np.testing.assert_allclose(full.hidden, stop.hidden, rtol=0, atol=1e-12)
+    else:  # "stop" stopped where the field pointed back into a kink surface
+        t = full.switch_times[k]
+        assert t == pytest.approx(stop.t_final, rel=1e-12)
+        if not full.faces[k + 1].any():
+            # It was no sliding mode but a ReLU neuron dying on its kink: the
+            # crossed entry's neuron has no active input left and stays frozen.
+            crossed = (full.patterns[k] ^ full.patterns[k + 1]).any(axis=0)
+            assert crossed.any() and not full.patterns[k + 1][:, crossed].any()
+            assert args["negative_slope"] == 0.0
+            later = full.at(np.array([t, t + 1e-3]))[:, crossed]
+            np.testing.assert_array_equal(later[0], later[1])

@@ -37,6 +37,7 @@ def exact_flow(
     *,
     loss: AbstractLoss = SumSquareLoss(),
     ts: ArrayLike | None = None,
+    slide: bool = True,
 ) -> FlowResult:
     """The gradient flow solved exactly, piece by piece, where the loss is piecewise quadratic.
 
@@ -46,7 +47,8 @@ def exact_flow(
     pre-activation crosses zero (see `implicit_flow.exact._piecewise` for the
     assumptions: data in general position; a start on a kink takes the side its
     velocity points to). Where the field points into a kink surface from both
-    sides the flow stops there with `Status.sliding`.
+    sides the flow slides along it (the Filippov solution, entered and left at
+    exact times), or, with `slide=False`, stops there with `Status.sliding`.
 
     Returns:
         A `FlowResult` like `solve_flow`'s: `num_steps` counts the affine pieces,
@@ -65,13 +67,14 @@ def exact_flow(
         flow = piecewise_affine_flow(
             x, np.asarray(data.y), np.ones(1), theta0[None, :], bias=False,
             negative_slope=1.0, mean=isinstance(loss, MeanSquareLoss),
+            sliding="filippov" if slide else "stop",
         )
     else:
         hidden0, out_weight, bias = _hidden(model)
         flow = piecewise_affine_flow(
             np.asarray(data.x), np.asarray(data.y), out_weight, hidden0, bias=bias,
             negative_slope=model.negative_slope, grad_at_zero=model.grad_at_zero,
-            mean=isinstance(loss, MeanSquareLoss),
+            mean=isinstance(loss, MeanSquareLoss), sliding="filippov" if slide else "stop",
         )
     final = _with_hidden(model, flow.hidden)
     objective = Objective(eqx.partition(model, eqx.is_inexact_array)[1], loss)
