@@ -12,9 +12,11 @@ import argparse
 import os
 import time
 
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the exact flows' small eigh calls
 
 import jax
+
 
 jax.config.update("jax_enable_x64", True)
 
@@ -41,8 +43,14 @@ def workload(name: str):
     teacher_v = jr.normal(key_v, (k,))
     data = imf.Dataset(x, jnp.maximum(x @ teacher_w.T, 0.0) @ teacher_v)
     model = imf.TwoLayerReLU(jnp.zeros((m, d)), jnp.zeros(m))
-    scale = imf.TwoLayerReLU(jnp.full((m, d), 1 / np.sqrt(d)), jnp.full(m, 1 / np.sqrt(m)))
-    return model, data, imf.Gaussian(jax.tree.map(lambda a: a[0, 0] if a.ndim == 2 else a[0], scale))
+    scale = imf.TwoLayerReLU(
+        jnp.full((m, d), 1 / np.sqrt(d)), jnp.full(m, 1 / np.sqrt(m))
+    )
+    return (
+        model,
+        data,
+        imf.Gaussian(jax.tree.map(lambda a: a[0, 0] if a.ndim == 2 else a[0], scale)),
+    )
 
 
 def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
@@ -62,14 +70,23 @@ def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
 
 
 def run(engine, tail, flow, args, model, data, sampler, key):
-    kwargs = dict(tail=tail, flow=flow,
-        key=key, num=args.num, loss=imf.MeanSquareLoss(), solver=dfx.Tsit5(),
+    kwargs = dict(
+        tail=tail,
+        flow=flow,
+        key=key,
+        num=args.num,
+        loss=imf.MeanSquareLoss(),
+        solver=dfx.Tsit5(),
         stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
-        gtol=args.gtol, max_steps=args.max_steps, engine=engine,
+        gtol=args.gtol,
+        max_steps=args.max_steps,
+        engine=engine,
     )
     start = time.perf_counter()
     if args.warmup:
-        jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **{**kwargs, "key": jr.key(99)}))
+        jax.block_until_ready(
+            imf.solve_ensemble(model, data, sampler, **{**kwargs, "key": jr.key(99)})
+        )
     first = time.perf_counter() - start
     start = time.perf_counter()
     result = jax.block_until_ready(imf.solve_ensemble(model, data, sampler, **kwargs))
@@ -88,54 +105,106 @@ def main():
     parser.add_argument("--refill-every", type=int, default=16)
     parser.add_argument("--engines", default="pool+tail,pool,vmap")
     parser.add_argument("--filippov", action="store_true", help="FilippovFlow (W2)")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
-                        help="time the first call (compile included) instead of a second one")
-    parser.add_argument("--check-exact", type=int, default=256, help="members checked against exact_flow (W1)")
+    parser.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="time the first call (compile included) instead of a second one",
+    )
+    parser.add_argument(
+        "--check-exact",
+        type=int,
+        default=256,
+        help="members checked against exact_flow (W1)",
+    )
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
-    print(f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
-          f"gtol={args.gtol} float64 backend={jax.default_backend()} devices={jax.device_count()}")
+    print(
+        f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
+        f"gtol={args.gtol} float64 backend={jax.default_backend()} devices={jax.device_count()}"
+    )
     pool = imf.LanePool(lanes=args.lanes, refill_every=args.refill_every)
-    engines = {"pool+tail": (pool, imf.TailJump()), "pool": (pool, None), "vmap": (imf.PlainVmap(), None)}
+    engines = {
+        "pool+tail": (pool, imf.TailJump()),
+        "pool": (pool, None),
+        "vmap": (imf.PlainVmap(), None),
+    }
     flow = imf.FilippovFlow() if args.filippov else imf.GradientFlow()
     rows, results = [], {}
     for name in args.engines.split(","):
-        result, wall, first = run(*engines[name], flow, args, model, data, sampler, jr.key(0))
+        result, wall, first = run(
+            *engines[name], flow, args, model, data, sampler, jr.key(0)
+        )
         results[name] = result
         tried = np.asarray(result.num_steps + result.num_rejected)
         lane_steps = (
-            pool_lane_steps(tried, args.lanes, args.refill_every) if name.startswith("pool")
+            pool_lane_steps(tried, args.lanes, args.refill_every)
+            if name.startswith("pool")
             else len(tried) * tried.max()
         )
-        statuses = dict(zip(*np.unique(imf.status_names(result.status), return_counts=True)))
-        rows.append((name, wall, first - wall if args.warmup else float("nan"), tried.sum(), tried.max(), np.median(tried),
-                     1 - tried.sum() / lane_steps, int(np.sum(result.num_vf_evals)), statuses))
-    print("| engine | wall s | compile s (approx) | inits/s | sum steps | max steps | median | lane-steps wasted | vf evals | statuses |")
+        statuses = dict(
+            zip(*np.unique(imf.status_names(result.status), return_counts=True))
+        )
+        rows.append(
+            (
+                name,
+                wall,
+                first - wall if args.warmup else float("nan"),
+                tried.sum(),
+                tried.max(),
+                np.median(tried),
+                1 - tried.sum() / lane_steps,
+                int(np.sum(result.num_vf_evals)),
+                statuses,
+            )
+        )
+    print(
+        "| engine | wall s | compile s (approx) | inits/s | sum steps | max steps | median | lane-steps wasted | vf evals | statuses |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, wall, compile_s, total, most, median, waste, evals, statuses in rows:
-        print(f"| {name} | {wall:.2f} | {compile_s:.1f} | {args.num / wall:.0f} | {total} | {most} | "
-              f"{median:.0f} | {waste:.1%} | {evals} | {statuses} |")
+        print(
+            f"| {name} | {wall:.2f} | {compile_s:.1f} | {args.num / wall:.0f} | {total} | {most} | "
+            f"{median:.0f} | {waste:.1%} | {evals} | {statuses} |"
+        )
     base = dict((row[0], row[1]) for row in rows)
     if "vmap" in base:
         for name in base:
-            print(f"wall-time speed-up of {name} over vmap: {base['vmap'] / base[name]:.1f}x")
+            print(
+                f"wall-time speed-up of {name} over vmap: {base['vmap'] / base[name]:.1f}x"
+            )
     names = list(results)
     for a, b in zip(names, names[1:]):
-        both = np.asarray((results[a].status == imf.Status.converged) & (results[b].status == imf.Status.converged))
+        both = np.asarray(
+            (results[a].status == imf.Status.converged)
+            & (results[b].status == imf.Status.converged)
+        )
         diff = max(
             float(np.max(np.abs(x[both] - y[both]))) if both.any() else 0.0
-            for x, y in zip(jax.tree.leaves(results[a].model), jax.tree.leaves(results[b].model))
+            for x, y in zip(
+                jax.tree.leaves(results[a].model), jax.tree.leaves(results[b].model)
+            )
         )
-        print(f"max |limit({a}) - limit({b})| over {int(both.sum())} members converged in both: {diff:.2e}")
+        print(
+            f"max |limit({a}) - limit({b})| over {int(both.sum())} members converged in both: {diff:.2e}"
+        )
     if args.workload == "W1" and args.check_exact:
         k = min(args.check_exact, args.num)
-        exact = np.stack([
-            np.asarray(imf.exact_flow(imf.ReLUNeuron(w), data, loss=imf.MeanSquareLoss()).model.weight)
-            for w in np.asarray(results[names[0]].init.weight[:k])
-        ])
+        exact = np.stack(
+            [
+                np.asarray(
+                    imf.exact_flow(
+                        imf.ReLUNeuron(w), data, loss=imf.MeanSquareLoss()
+                    ).model.weight
+                )
+                for w in np.asarray(results[names[0]].init.weight[:k])
+            ]
+        )
         for name, result in results.items():
             error = np.max(np.abs(np.asarray(result.model.weight[:k]) - exact), axis=1)
-            print(f"{name}: error vs exact_flow over the first {k} members: max {error.max():.2e}, median {np.median(error):.2e}")
+            print(
+                f"{name}: error vs exact_flow over the first {k} members: max {error.max():.2e}, median {np.median(error):.2e}"
+            )
 
 
 if __name__ == "__main__":

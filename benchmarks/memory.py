@@ -9,6 +9,7 @@ size of the results themselves, and the difference.
 import subprocess
 import sys
 
+
 CHILD = """
 import resource, sys, time, jax
 jax.config.update("jax_enable_x64", True)
@@ -31,5 +32,12 @@ print({"num": num, "seconds": time.perf_counter() - start, "results_MB": size / 
 
 if __name__ == "__main__":
     for num in [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 100_000]:
-        out = subprocess.run([sys.executable, "-c", CHILD, str(num)], capture_output=True, text=True)
-        print(out.stdout.strip().splitlines()[-1] if out.returncode == 0 else out.stderr[-2000:], flush=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(num)], capture_output=True, text=True
+        )
+        print(
+            out.stdout.strip().splitlines()[-1]
+            if out.returncode == 0
+            else out.stderr[-2000:],
+            flush=True,
+        )

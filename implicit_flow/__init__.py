@@ -36,7 +36,11 @@ from ._objective import (
     GradientFlow as GradientFlow,
     Objective as Objective,
 )
-from ._result import FlowResult as FlowResult, Status as Status, status_names as status_names
+from ._result import (
+    FlowResult as FlowResult,
+    Status as Status,
+    status_names as status_names,
+)
 from ._samplers import (
     AbstractSampler as AbstractSampler,
     Gaussian as Gaussian,
@@ -68,5 +72,6 @@ from .models import (
     ReLUNeuron as ReLUNeuron,
     TwoLayerReLU as TwoLayerReLU,
 )
+
 
 __version__ = importlib.metadata.version("implicit_flow")

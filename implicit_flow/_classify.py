@@ -105,9 +105,10 @@ from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
 from ._nonsmooth import hidden_layer
 from ._objective import AbstractFlow, GradientFlow, Objective
-from ._solve import check_model_data
 from ._result import FlowResult
+from ._solve import check_model_data
 from .models import ReLUNeuron, TwoLayerReLU
+
 
 # A kink row whose leverage in the span of all constraint rows is at least this can
 # be moved on its own (it is independent of the other rows).

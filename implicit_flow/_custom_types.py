@@ -4,5 +4,6 @@ from typing import TypeAlias
 
 from jaxtyping import Array, Float, PyTree
 
+
 Params: TypeAlias = PyTree[Float[Array, "..."]]
 Scalar: TypeAlias = Float[Array, ""]

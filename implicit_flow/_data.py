@@ -24,9 +24,7 @@ class Dataset(eqx.Module):
         if y.ndim != 1:
             raise ValueError(f"y must have shape (n,), got shape {y.shape}")
         if x.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"x has {x.shape[0]} rows but y has {y.shape[0]} entries"
-            )
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} entries")
         if x.size == 0:
             raise ValueError(f"the dataset is empty: x has shape {x.shape}")
         for name, value in (("x", x), ("y", y)):

@@ -30,8 +30,15 @@ from ._objective import AbstractFlow, GradientFlow, Objective
 from ._progress import progress_bar, report_progress
 from ._result import FlowResult, status_from_code, STATUS_NAMES
 from ._samplers import AbstractSampler, sample_members
+from ._solve import (
+    all_finite,
+    check_arguments,
+    count_evals,
+    DEFAULT_CONTROLLER,
+    solve_one,
+)
 from ._tail import TailJump
-from ._solve import all_finite, check_arguments, count_evals, DEFAULT_CONTROLLER, solve_one
+
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
 _CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
@@ -105,25 +112,41 @@ class _Problem(eqx.Module):
             accepted=zero,
             rejected=zero,
             jumps=zero,
-            next_jump=jnp.asarray(self.tail.threshold if self.tail else 0.0, dtype=tnext.dtype),
+            next_jump=jnp.asarray(
+                self.tail.threshold if self.tail else 0.0, dtype=tnext.dtype
+            ),
         )
 
     def step(self, lane: _Lane) -> _Lane:
         """One solver step with step-size adaptation, as in Diffrax's own loop."""
         term, order = self.term, self.solver.error_order(self.term)
         y, y_error, _, solver_state, solver_result = self.solver.step(
-            term, lane.tprev, lane.tnext, lane.y, self.data, lane.solver_state, lane.made_jump
+            term,
+            lane.tprev,
+            lane.tnext,
+            lane.y,
+            self.data,
+            lane.solver_state,
+            lane.made_jump,
         )
         y_error = jtu.tree_map(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), y_error)
         keep, tprev, tnext, made_jump, controller_state, controller_result = (
             self.controller.adapt_step_size(
-                lane.tprev, lane.tnext, lane.y, y, self.data, y_error, order,
+                lane.tprev,
+                lane.tnext,
+                lane.y,
+                y,
+                self.data,
+                y_error,
+                order,
                 lane.controller_state,
             )
         )
         tprev = jnp.minimum(tprev, self.t1)
         tnext = jnp.minimum(tnext, self.t1)
-        select = lambda new, old: jtu.tree_map(lambda a, b: jnp.where(keep, a, b), new, old)
+        select = lambda new, old: jtu.tree_map(
+            lambda a, b: jnp.where(keep, a, b), new, old
+        )
         y = select(y, lane.y)
         accepted = lane.accepted + keep
         rejected = lane.rejected + ~keep
@@ -140,8 +163,14 @@ class _Problem(eqx.Module):
                 accepted + rejected >= self.max_steps,
                 tprev >= self.t1,
             ],
-            [_CODE["nonfinite"], _CODE["converged"], _JUMP, _CODE["solver_failure"],
-             _CODE["step_limit"], _CODE["time_limit"]],
+            [
+                _CODE["nonfinite"],
+                _CODE["converged"],
+                _JUMP,
+                _CODE["solver_failure"],
+                _CODE["step_limit"],
+                _CODE["time_limit"],
+            ],
             _RUNNING,
         )
         new = _Lane(
@@ -166,7 +195,9 @@ class AbstractEnsembleEngine(eqx.Module):
     """How a batch of flows is run (abstract). Engines differ in cost, not in results."""
 
     @abc.abstractmethod
-    def run(self, problem: _Problem, source: _Source, num: int, progress: bool) -> FlowResult:
+    def run(
+        self, problem: _Problem, source: _Source, num: int, progress: bool
+    ) -> FlowResult:
         """Flows from members 0..num-1 of `source`."""
 
 
@@ -184,8 +215,18 @@ class PlainVmap(AbstractEnsembleEngine):
 @eqx.filter_jit
 def _run_vmap(problem: _Problem, source: _Source, num: int) -> FlowResult:
     solve = lambda y0: solve_one(
-        problem.flow, problem.objective, y0, problem.data, problem.solver, problem.controller,
-        problem.gtol, problem.t1, problem.dt0, problem.max_steps, None, problem.tail,
+        problem.flow,
+        problem.objective,
+        y0,
+        problem.data,
+        problem.solver,
+        problem.controller,
+        problem.gtol,
+        problem.t1,
+        problem.dt0,
+        problem.max_steps,
+        None,
+        problem.tail,
     )
     return jax.vmap(solve)(jax.vmap(source)(jnp.arange(num)))
 
@@ -223,14 +264,29 @@ class LanePool(AbstractEnsembleEngine):
         per_device = -(-count // len(devices))
         if source.stacked is not None:
             rows = jnp.minimum(jnp.arange(start, start + count), num - 1)
-            source = eqx.tree_at(lambda s: s.stacked, source, jtu.tree_map(lambda a: a[rows], source.stacked))
+            source = eqx.tree_at(
+                lambda s: s.stacked,
+                source,
+                jtu.tree_map(lambda a: a[rows], source.stacked),
+            )
             start = 0
         mesh = Mesh(np.asarray(devices), ("ensemble",))
-        result = _run_pool(problem, source, start, per_device, self.lanes, self.refill_every, mesh, progress)
+        result = _run_pool(
+            problem,
+            source,
+            start,
+            per_device,
+            self.lanes,
+            self.refill_every,
+            mesh,
+            progress,
+        )
         result = jtu.tree_map(lambda a: a[:count], result)
         if processes == 1:
             return result
-        gathered = multihost_utils.process_allgather(jtu.tree_map(lambda a: _pad_rows(a, block), result))
+        gathered = multihost_utils.process_allgather(
+            jtu.tree_map(lambda a: _pad_rows(a, block), result)
+        )
         return jtu.tree_map(lambda a: a.reshape(-1, *a.shape[2:])[:num], gathered)
 
 
@@ -239,37 +295,73 @@ def _pad_rows(a, rows: int):
 
 
 @eqx.filter_jit
-def _run_pool(problem: _Problem, source: _Source, start: int, per_device: int, lanes: int, refill_every: int, mesh: Mesh, progress: bool) -> FlowResult:
+def _run_pool(
+    problem: _Problem,
+    source: _Source,
+    start: int,
+    per_device: int,
+    lanes: int,
+    refill_every: int,
+    mesh: Mesh,
+    progress: bool,
+) -> FlowResult:
     dynamic, static = eqx.partition((problem, source), eqx.is_array)
     stacked = source.stacked is not None
     if stacked:  # pad to a whole number of blocks, then give each device its own
         pad = lambda a: _pad_rows(a, per_device * mesh.size)
-        dynamic = eqx.tree_at(lambda d: d[1].stacked, dynamic, jtu.tree_map(pad, dynamic[1].stacked))
+        dynamic = eqx.tree_at(
+            lambda d: d[1].stacked, dynamic, jtu.tree_map(pad, dynamic[1].stacked)
+        )
 
     def block(dynamic):
         problem, source = eqx.combine(dynamic, static)
         offset = start + jax.lax.axis_index("ensemble") * per_device
         if stacked:
             offset = 0  # the stacked rows arrive already split
-        return _pool_loop(problem, source, offset, per_device, lanes, refill_every, progress)
+        return _pool_loop(
+            problem, source, offset, per_device, lanes, refill_every, progress
+        )
 
     specs = jtu.tree_map(lambda _: PartitionSpec(), dynamic)
     if stacked:
         specs = eqx.tree_at(
-            lambda d: d[1].stacked, specs, jtu.tree_map(lambda _: PartitionSpec("ensemble"), specs[1].stacked)
+            lambda d: d[1].stacked,
+            specs,
+            jtu.tree_map(lambda _: PartitionSpec("ensemble"), specs[1].stacked),
         )
     return jax.shard_map(
-        block, mesh=mesh, in_specs=(specs,), out_specs=PartitionSpec("ensemble"), check_vma=False
+        block,
+        mesh=mesh,
+        in_specs=(specs,),
+        out_specs=PartitionSpec("ensemble"),
+        check_vma=False,
     )(dynamic)
 
 
-def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int, refill_every: int, progress: bool) -> FlowResult:
+def _pool_loop(
+    problem: _Problem,
+    source: _Source,
+    offset,
+    num: int,
+    lanes: int,
+    refill_every: int,
+    progress: bool,
+) -> FlowResult:
     lanes = min(lanes, num)
     y_like = source(jnp.asarray(0))
-    idle = jax.vmap(lambda i: eqx.tree_at(lambda l: (l.index, l.code), problem.start(i, y_like), (jnp.asarray(num), jnp.asarray(_IDLE))))(jnp.zeros(lanes, int))
+    idle = jax.vmap(
+        lambda i: eqx.tree_at(
+            lambda l: (l.index, l.code),
+            problem.start(i, y_like),
+            (jnp.asarray(num), jnp.asarray(_IDLE)),
+        )
+    )(jnp.zeros(lanes, int))
     outputs = (
         jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
-        jnp.zeros(num), jnp.zeros(num, int), jnp.zeros(num, int), jnp.zeros(num, int),
+        jnp.zeros(num),
+        jnp.zeros(num, int),
+        jnp.zeros(num, int),
+        jnp.zeros(num, int),
         jnp.full(num, _CODE["solver_failure"]),
     )
 
@@ -283,8 +375,12 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
             problem.flow, problem.objective, y, problem.data, problem.gtol
         )
         accept, reject = chosen & ok, chosen & ~ok
-        put = lambda a, b: a.at[pick].set(jnp.where(accept.reshape(-1, *[1] * (b.ndim - 1)), b, a[pick]))
-        code = jnp.where(accept, _CODE["converged"], jnp.where(reject, _RUNNING, lane.code[pick]))
+        put = lambda a, b: a.at[pick].set(
+            jnp.where(accept.reshape(-1, *[1] * (b.ndim - 1)), b, a[pick])
+        )
+        code = jnp.where(
+            accept, _CODE["converged"], jnp.where(reject, _RUNNING, lane.code[pick])
+        )
         return eqx.tree_at(
             lambda l: (l.y, l.code, l.jumps, l.next_jump),
             lane,
@@ -292,7 +388,13 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
                 jtu.tree_map(put, lane.y, jumped),
                 lane.code.at[pick].set(code),
                 lane.jumps.at[pick].add(chosen),
-                lane.next_jump.at[pick].set(jnp.where(reject, lane.next_jump[pick] / problem.tail.retry, lane.next_jump[pick])),
+                lane.next_jump.at[pick].set(
+                    jnp.where(
+                        reject,
+                        lane.next_jump[pick] / problem.tail.retry,
+                        lane.next_jump[pick],
+                    )
+                ),
             ),
         )
 
@@ -304,11 +406,19 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
         put = lambda buf, val: buf.at[where].set(val, mode="drop")
         ys, ts, acc, rej, jumps, codes = outputs
         outputs = (
-            jtu.tree_map(put, ys, lane.y), put(ts, lane.tprev), put(acc, lane.accepted),
-            put(rej, lane.rejected), put(jumps, lane.jumps), put(codes, lane.code),
+            jtu.tree_map(put, ys, lane.y),
+            put(ts, lane.tprev),
+            put(acc, lane.accepted),
+            put(rej, lane.rejected),
+            put(jumps, lane.jumps),
+            put(codes, lane.code),
         )
         if progress:
-            jax.debug.callback(report_progress, jnp.sum(finished), jnp.sum(lane.code == _CODE["converged"]))
+            jax.debug.callback(
+                report_progress,
+                jnp.sum(finished),
+                jnp.sum(lane.code == _CODE["converged"]),
+            )
         needs = (lane.code != _RUNNING) & (lane.code != _JUMP)
         new_index = next_index + jnp.cumsum(needs) - 1
         load = needs & (new_index < num)
@@ -319,7 +429,8 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
 
         started = jax.lax.cond(jnp.any(load), fresh, lambda: idle)
         pick = lambda a, b, c: jnp.where(
-            load.reshape(-1, *[1] * (a.ndim - 1)), a,
+            load.reshape(-1, *[1] * (a.ndim - 1)),
+            a,
             jnp.where(needs.reshape(-1, *[1] * (a.ndim - 1)), b, c),
         )
         lane = jtu.tree_map(pick, started, idle, lane)
@@ -327,30 +438,44 @@ def _pool_loop(problem: _Problem, source: _Source, offset, num: int, lanes: int,
 
     def body(carry):
         lane, next_index, outputs = refill(*carry)
-        lane = jax.lax.fori_loop(0, refill_every, lambda _, l: jax.vmap(problem.step)(l), lane)
+        lane = jax.lax.fori_loop(
+            0, refill_every, lambda _, l: jax.vmap(problem.step)(l), lane
+        )
         return lane, next_index, outputs
 
     def cond(carry):
         lane, next_index, _ = carry
         return (next_index < num) | jnp.any(lane.code != _IDLE)
 
-    _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(cond, body, (idle, jnp.asarray(0), outputs))
+    _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(
+        cond, body, (idle, jnp.asarray(0), outputs)
+    )
     return _assemble(problem, source, offset, ys, ts, acc, rej, jumps, codes)
 
 
-def _assemble(problem: _Problem, source: _Source, offset, ys, ts, acc, rej, jumps, codes) -> FlowResult:
+def _assemble(
+    problem: _Problem, source: _Source, offset, ys, ts, acc, rej, jumps, codes
+) -> FlowResult:
     objective, data = problem.objective, problem.data
     num = ts.shape[0]
     return FlowResult(
         init=jax.vmap(lambda i: objective.model(source(offset + i)))(jnp.arange(num)),
         model=jax.vmap(objective.model)(ys),
         loss=jax.vmap(objective, in_axes=(0, None))(ys, data),
-        grad_norm=jax.vmap(problem.flow.speed, in_axes=(None, 0, None))(objective, ys, data),
+        grad_norm=jax.vmap(problem.flow.speed, in_axes=(None, 0, None))(
+            objective, ys, data
+        ),
         t_final=ts,
         num_steps=acc,
         num_rejected=rej,
-        num_vf_evals=count_evals(problem.solver, acc + rej) + jumps * (
-            0 if problem.tail is None else problem.tail.cost(objective.model(jtu.tree_map(lambda a: a[0], ys)), data, problem.flow)
+        num_vf_evals=count_evals(problem.solver, acc + rej)
+        + jumps
+        * (
+            0
+            if problem.tail is None
+            else problem.tail.cost(
+                objective.model(jtu.tree_map(lambda a: a[0], ys)), data, problem.flow
+            )
         ),
         status=jax.vmap(status_from_code)(codes),
         num_jumps=jumps,
@@ -408,9 +533,15 @@ def solve_ensemble(
         source = _Source(stacked, None, None, params)
     problem = _Problem(
         flow,
-        Objective(skeleton, loss), data, solver, stepsize_controller,
-        jnp.asarray(gtol, dtype=float), jnp.asarray(t1, dtype=float),
-        None if dt0 is None else jnp.asarray(dt0, dtype=float), tail, max_steps,
+        Objective(skeleton, loss),
+        data,
+        solver,
+        stepsize_controller,
+        jnp.asarray(gtol, dtype=float),
+        jnp.asarray(t1, dtype=float),
+        None if dt0 is None else jnp.asarray(dt0, dtype=float),
+        tail,
+        max_steps,
     )
     with progress_bar(num, progress):
         return engine.run(problem, source, num, progress)
@@ -418,9 +549,13 @@ def solve_ensemble(
 
 def _check_stacked(params: Params, stacked: Params) -> int:
     if jtu.tree_structure(params) != jtu.tree_structure(stacked):
-        raise ValueError("inits must have the model's structure (same trainable leaves)")
+        raise ValueError(
+            "inits must have the model's structure (same trainable leaves)"
+        )
     sizes = set()
-    for leaf, batch in zip(jtu.tree_leaves(params), jtu.tree_leaves(stacked), strict=True):
+    for leaf, batch in zip(
+        jtu.tree_leaves(params), jtu.tree_leaves(stacked), strict=True
+    ):
         if batch.shape[1:] != leaf.shape or batch.ndim != leaf.ndim + 1:
             raise ValueError(
                 f"each init leaf must have shape (num, *{leaf.shape}), got {batch.shape}"
@@ -429,4 +564,3 @@ def _check_stacked(params: Params, stacked: Params) -> int:
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(f"init leaves disagree on the member count: {sorted(sizes)}")
     return sizes.pop()
-

@@ -22,6 +22,7 @@ from ._solve import solve_flow
 from .exact import exact_flow
 from .models import ReLUNeuron, TwoLayerReLU
 
+
 # Plain SGD whose learning rate lives in the optimizer state, so it can be swept.
 _SGD = optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
 

@@ -24,7 +24,6 @@ import itertools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Params
@@ -81,7 +80,10 @@ class FilippovFlow(AbstractFlow):
         u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
         target = jnp.where(free, self.pull * zk * r[near] * v[:, None], 0.0)
         if u.shape[1] == 1:  # one data point: pad to two kinks that do nothing
-            u, target, free = (jnp.concatenate([a, jnp.zeros_like(a)], axis=1) for a in (u, target, free))
+            u, target, free = (
+                jnp.concatenate([a, jnp.zeros_like(a)], axis=1)
+                for a in (u, target, free)
+            )
         a = _min_norm_slopes(c, u, target, free, alpha)
         grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
         grad_v = jnp.maximum(z, alpha * z).T @ r
@@ -116,12 +118,26 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m 2"]:
         else:
             ok = jnp.ones(g11.shape, bool)
             a1, a2 = jnp.full_like(g11, b1), jnp.full_like(g11, b2)
-        ok = ok & (a1 >= lo - 1e-12) & (a1 <= 1 + 1e-12) & (a2 >= lo - 1e-12) & (a2 <= 1 + 1e-12)
+        ok = (
+            ok
+            & (a1 >= lo - 1e-12)
+            & (a1 <= 1 + 1e-12)
+            & (a2 >= lo - 1e-12)
+            & (a2 <= 1 + 1e-12)
+        )
         value = g11 * a1**2 + g22 * a2**2 + 2 * g12 * a1 * a2 + 2 * (h1 * a1 + h2 * a2)
-        options.append((jnp.where(ok, value, jnp.inf), jnp.clip(a1, lo, 1.0), jnp.clip(a2, lo, 1.0)))
+        options.append(
+            (
+                jnp.where(ok, value, jnp.inf),
+                jnp.clip(a1, lo, 1.0),
+                jnp.clip(a2, lo, 1.0),
+            )
+        )
     values = jnp.stack([o[0] for o in options])
     best = jnp.argmin(values, axis=0)
-    pick = lambda k: jnp.take_along_axis(jnp.stack([o[k] for o in options]), best[None], 0)[0]
+    pick = lambda k: jnp.take_along_axis(
+        jnp.stack([o[k] for o in options]), best[None], 0
+    )[0]
     return jnp.stack([pick(1), pick(2)], axis=1)
 
 
@@ -132,11 +148,15 @@ def hidden_layer(model) -> tuple[Float[Array, "m p"], Float[Array, " m"], bool]:
         bias = None if bias is None else bias[None]
     else:
         weight, bias, v = model.hidden_weight, model.hidden_bias, model.output_weight
-    hidden = weight if bias is None else jnp.concatenate([weight, bias[:, None]], axis=1)
+    hidden = (
+        weight if bias is None else jnp.concatenate([weight, bias[:, None]], axis=1)
+    )
     return hidden, v, bias is not None
 
 
-def _as_params(model, params: Params, hidden: Float[Array, "m p"], v: Float[Array, " m"]) -> Params:
+def _as_params(
+    model, params: Params, hidden: Float[Array, "m p"], v: Float[Array, " m"]
+) -> Params:
     """Velocities in the layout of `params` (frozen leaves, e.g. a fixed v, get 0)."""
     if isinstance(model, ReLUNeuron):
         d = model.weight.shape[0]

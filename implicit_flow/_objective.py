@@ -73,7 +73,10 @@ class GradientFlow(AbstractFlow):
 
 def diagnose(objective: Objective, params: Params, data: Dataset) -> dict[str, Array]:
     """Loss, $\\|\\nabla L\\|$ and the model's invariants (if it has any) at `params`."""
-    out = {"loss": objective(params, data), "grad_norm": objective.grad_norm(params, data)}
+    out = {
+        "loss": objective(params, data),
+        "grad_norm": objective.grad_norm(params, data),
+    }
     invariants = getattr(objective.model(params), "invariants", lambda: None)()
     if invariants is not None:
         out["invariants"] = invariants

@@ -5,6 +5,7 @@ import contextlib
 import numpy as np
 from tqdm.auto import tqdm
 
+
 _BAR: list = []  # the open bar, if any; module-level so callbacks never retrace
 
 

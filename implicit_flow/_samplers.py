@@ -45,7 +45,10 @@ class Gaussian(AbstractSampler):
         keys = jr.split(key, len(leaves))
         return jtu.tree_unflatten(
             treedef,
-            [s * jr.normal(k, x.shape, x.dtype) for s, k, x in zip(scales, keys, leaves, strict=True)],
+            [
+                s * jr.normal(k, x.shape, x.dtype)
+                for s, k, x in zip(scales, keys, leaves, strict=True)
+            ],
         )
 
 
@@ -89,7 +92,9 @@ class PlaneGrid(AbstractSampler):
     shape: tuple[int, int] = eqx.field(static=True)
 
     def __init__(self, center, e1, e2, extent, shape):
-        self.center, self.e1, self.e2 = (jnp.asarray(v, dtype=float) for v in (center, e1, e2))
+        self.center, self.e1, self.e2 = (
+            jnp.asarray(v, dtype=float) for v in (center, e1, e2)
+        )
         self.extent = jnp.asarray(extent, dtype=float)
         self.shape = (int(shape[0]), int(shape[1]))
 

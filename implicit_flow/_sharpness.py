@@ -21,6 +21,7 @@ from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
 from ._objective import Objective
 
+
 # Lanczos treats a residual below this multiple of eps * ||T|| as an exhausted Krylov
 # space and restarts from a fresh direction orthogonal to the basis.
 _BREAKDOWN_RTOL = 1e3

@@ -17,6 +17,7 @@ from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
 from ._result import FlowResult, Status, status_from_code
 from ._tail import TailJump
 
+
 DEFAULT_CONTROLLER = dfx.PIDController(rtol=1e-12, atol=1e-14)
 
 
@@ -121,7 +122,17 @@ def solve_one(
 ) -> FlowResult:
     if tail is not None:
         return _solve_with_tail(
-            flow, objective, params, data, solver, controller, gtol, t1, dt0, max_steps, tail
+            flow,
+            objective,
+            params,
+            data,
+            solver,
+            controller,
+            gtol,
+            t1,
+            dt0,
+            max_steps,
+            tail,
         )
 
     def converged(t, y, args, **kwargs):
@@ -130,7 +141,9 @@ def solve_one(
 
     subs = [dfx.SubSaveAt(t1=True)]
     if ts is not None:
-        subs.append(dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args)))
+        subs.append(
+            dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args))
+        )
     sol = dfx.diffeqsolve(
         flow.term(objective),
         solver,
@@ -167,7 +180,9 @@ def solve_one(
     )
 
 
-def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1, dt0, max_steps, tail):
+def _solve_with_tail(
+    flow, objective, params, data, solver, controller, gtol, t1, dt0, max_steps, tail
+):
     """Integrate until the speed falls below the jump threshold, jump, and, if the
     jump is rejected, integrate on to a threshold `retry` times lower (at least gtol)."""
 
@@ -179,9 +194,18 @@ def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1
             return flow.speed(objective, y, args) < target
 
         sol = dfx.diffeqsolve(
-            flow.term(objective), solver, t0=t, t1=t1, dt0=dt0, y0=y, args=data,
-            saveat=dfx.SaveAt(t1=True), stepsize_controller=controller,
-            event=dfx.Event(reached), max_steps=max_steps, throw=False,
+            flow.term(objective),
+            solver,
+            t0=t,
+            t1=t1,
+            dt0=dt0,
+            y0=y,
+            args=data,
+            saveat=dfx.SaveAt(t1=True),
+            stepsize_controller=controller,
+            event=dfx.Event(reached),
+            max_steps=max_steps,
+            throw=False,
         )
         y = jtu.tree_map(lambda a: a[-1], sol.ys)
         accepted = accepted + sol.stats["num_accepted_steps"]
@@ -191,14 +215,36 @@ def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1
         jumped, ok = tail.jump(flow, objective, y, data, gtol)
         ok = try_jump & ok
         y = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), jumped, y)
-        code = jnp.where(finished, _result_code(sol.result), jnp.where(ok | ~try_jump, 0, -1))
+        code = jnp.where(
+            finished, _result_code(sol.result), jnp.where(ok | ~try_jump, 0, -1)
+        )
         code = jnp.where(accepted + rejected >= max_steps, 1, code)
         target = jnp.maximum(target / tail.retry, gtol)
-        return sol.ts[-1], y, accepted, rejected, jumps + try_jump, target, code, code >= 0
+        return (
+            sol.ts[-1],
+            y,
+            accepted,
+            rejected,
+            jumps + try_jump,
+            target,
+            code,
+            code >= 0,
+        )
 
     zero = jnp.asarray(0)
-    start = (jnp.asarray(0.0), params, zero, zero, zero, jnp.maximum(gtol, tail.threshold), zero - 1, jnp.asarray(False))
-    t_final, final, accepted, rejected, jumps, _, code, _ = jax.lax.while_loop(lambda c: ~c[-1], phase, start)
+    start = (
+        jnp.asarray(0.0),
+        params,
+        zero,
+        zero,
+        zero,
+        jnp.maximum(gtol, tail.threshold),
+        zero - 1,
+        jnp.asarray(False),
+    )
+    t_final, final, accepted, rejected, jumps, _, code, _ = jax.lax.while_loop(
+        lambda c: ~c[-1], phase, start
+    )
     loss = objective(final, data)
     speed = flow.speed(objective, final, data)
     finite = all_finite((final, loss, speed))
@@ -210,7 +256,8 @@ def _solve_with_tail(flow, objective, params, data, solver, controller, gtol, t1
         t_final=t_final,
         num_steps=accepted,
         num_rejected=rejected,
-        num_vf_evals=count_evals(solver, accepted + rejected) + jumps * tail.cost(objective.model(params), data, flow),
+        num_vf_evals=count_evals(solver, accepted + rejected)
+        + jumps * tail.cost(objective.model(params), data, flow),
         status=Status.where(finite, status_from_code(code), Status.nonfinite),
         num_jumps=jumps,
     )
@@ -224,7 +271,9 @@ def all_finite(tree) -> Bool[Array, ""]:
 def _result_code(result: dfx.RESULTS):
     """Diffrax's end of a solve as an index into STATUS_NAMES (no event: 0 never)."""
     return jnp.where(
-        result == dfx.RESULTS.max_steps_reached, 1, jnp.where(result == dfx.RESULTS.successful, 2, 4)
+        result == dfx.RESULTS.max_steps_reached,
+        1,
+        jnp.where(result == dfx.RESULTS.successful, 2, 4),
     )
 
 
@@ -236,7 +285,9 @@ def _status(result: dfx.RESULTS, finite) -> Status:
             result == dfx.RESULTS.max_steps_reached,
             Status.step_limit,
             Status.where(
-                result == dfx.RESULTS.successful, Status.time_limit, Status.solver_failure
+                result == dfx.RESULTS.successful,
+                Status.time_limit,
+                Status.solver_failure,
             ),
         ),
     )
@@ -251,7 +302,9 @@ def count_evals(solver, steps_tried):
     tableau = getattr(solver, "tableau", None)
     if isinstance(solver, dfx.Euler):
         per_step = 1
-    elif isinstance(solver, dfx.AbstractERK) and isinstance(tableau, dfx.ButcherTableau):
+    elif isinstance(solver, dfx.AbstractERK) and isinstance(
+        tableau, dfx.ButcherTableau
+    ):
         per_step = len(tableau.c) + (0 if tableau.fsal else 1)
     else:
         return jnp.asarray(-1)
@@ -261,7 +314,9 @@ def count_evals(solver, steps_tried):
 def check_model_data(model, data) -> None:
     """Raise a ValueError unless `data` is a Dataset that `model` maps to scalars."""
     if not isinstance(data, Dataset):
-        raise ValueError(f"data must be an implicit_flow.Dataset, got {type(data).__name__}")
+        raise ValueError(
+            f"data must be an implicit_flow.Dataset, got {type(data).__name__}"
+        )
     try:
         out = eqx.filter_eval_shape(model, data.x[0])
     except Exception as error:
@@ -285,7 +340,9 @@ def check_arguments(model, data, gtol, t1, max_steps, controller) -> None:
         for name in ("rtol", "atol"):
             value = getattr(controller, name)
             if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"stepsize_controller.{name} must be positive, got {value}")
+                raise ValueError(
+                    f"stepsize_controller.{name} must be positive, got {value}"
+                )
 
 
 def _check_ts(ts: ArrayLike, t1: float) -> Float[Array, " n_save"]:

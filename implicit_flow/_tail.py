@@ -50,7 +50,9 @@ class TailJump(eqx.Module):
     def cost(self, model, data: Dataset, flow: AbstractFlow) -> int:
         """Gradient-evaluation equivalents of one jump: one per Jacobian row."""
         rows = data.x.shape[0]
-        if isinstance(flow, FilippovFlow) and isinstance(model, ReLUNeuron | TwoLayerReLU):
+        if isinstance(flow, FilippovFlow) and isinstance(
+            model, ReLUNeuron | TwoLayerReLU
+        ):
             width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
             rows += width * min(2, data.x.shape[0])
         return self.iterations * rows
@@ -84,7 +86,9 @@ class TailJump(eqx.Module):
             gram = jac @ jac.T
             vals, vecs = jnp.linalg.eigh(gram)
             cutoff = 1e-12 * jnp.max(vals)
-            inv = jnp.where(vals > cutoff, 1.0 / jnp.where(vals > cutoff, vals, 1.0), 0.0)
+            inv = jnp.where(
+                vals > cutoff, 1.0 / jnp.where(vals > cutoff, vals, 1.0), 0.0
+            )
             return theta - jac.T @ (vecs @ (inv * (vecs.T @ rows(theta)))), None
 
         theta, _ = jax.lax.scan(gauss_newton, flat, None, length=self.iterations)
@@ -110,12 +114,16 @@ class TailJump(eqx.Module):
         vals, vecs = jnp.linalg.eigh(jac.T @ jac)
         top = jnp.max(vals)
         low = jnp.min(jnp.where(vals > 1e-12 * top, vals, top))
-        times = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-3 / top, 60.0 / low, 160)])
+        times = jnp.concatenate(
+            [jnp.zeros(1), jnp.geomspace(1e-3 / top, 60.0 / low, 160)]
+        )
         proj = jax.jacrev(lambda th: z_of(th).ravel())(theta) @ vecs
         decay = jnp.exp(-jnp.maximum(vals, 0.0)[:, None] * times[None, :])
         path = z_of(theta).ravel()[:, None] + (proj * (vecs.T @ (flat - theta))) @ decay
         slack = 1e-12 * (1.0 + jnp.max(jnp.abs(path)))
-        keeps = jnp.all(path * side.ravel()[:, None] >= -slack, axis=1).reshape(side.shape)
+        keeps = jnp.all(path * side.ravel()[:, None] >= -slack, axis=1).reshape(
+            side.shape
+        )
         return jumped, ok & jnp.where(jnp.any(held), endpoint, jnp.all(keeps))
 
 
@@ -125,7 +133,9 @@ def _piecewise_quadratic(model) -> bool:
     return isinstance(model, LinearPredictor | ReLUNeuron)
 
 
-def _preactivations(model, data: Dataset) -> tuple[Float[Array, "n m"], Float[Array, " n"]]:
+def _preactivations(
+    model, data: Dataset
+) -> tuple[Float[Array, "n m"], Float[Array, " n"]]:
     """z_ij and the norms of the rows [x_i; 1] (or x_i without bias)."""
     hidden, _, has_bias = hidden_layer(model)
     x = data.x

@@ -35,6 +35,7 @@ from ._result import STATUS_NAMES, status_names
 from .models import ReLUNeuron
 from .paper._datasets import theorem3_data
 
+
 ADAPTIVE = (dfx.Bosh3(), dfx.Tsit5(), dfx.Dopri5(), dfx.Dopri8(), dfx.Kvaerno5())
 FIXED = (dfx.Euler(), dfx.Heun())
 RTOLS = (1e-4, 1e-6, 1e-8, 1e-10)

@@ -8,17 +8,31 @@ from pathlib import Path
 
 def test_demo_runs_and_its_limits_match_the_exact_flows():
     script = Path(sys.executable).parent / "implicit-flow"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "implicit_flow.cli"]
+    command = (
+        [str(script)]
+        if script.exists()
+        else [sys.executable, "-m", "implicit_flow.cli"]
+    )
     out = subprocess.run(
         [*command, "demo"], capture_output=True, text=True, timeout=300, check=False
     )
     assert out.returncode == 0, out.stderr
-    rows = [line for line in out.stdout.splitlines() if re.search(r"\s\d+\s+[+-]\d", line)]
+    rows = [
+        line for line in out.stdout.splitlines() if re.search(r"\s\d+\s+[+-]\d", line)
+    ]
     assert len(rows) == 18
     # The paper's Theorem 3 (gamma = 2) from w = 0: (5, -1, s), s in (-0.12, -0.10).
-    s = float(re.search(r"ReLUNeuron \(Thm 3\)\s+0\s+\+5\.0000, -1\.0000, (\S+)", out.stdout)[1])
+    s = float(
+        re.search(r"ReLUNeuron \(Thm 3\)\s+0\s+\+5\.0000, -1\.0000, (\S+)", out.stdout)[
+            1
+        ]
+    )
     assert -0.12 < s < -0.10
-    errors = [float(r.split()[-1]) for r in rows if "converged" in r and re.search(r"e-\d+$", r)]
+    errors = [
+        float(r.split()[-1])
+        for r in rows
+        if "converged" in r and re.search(r"e-\d+$", r)
+    ]
     assert len(errors) >= 8 and max(errors) < 1e-6
 
 
@@ -26,7 +40,10 @@ def test_reproduce_quick_passes_every_row(tmp_path):
     script = Path(sys.executable).parent / "implicit-flow"
     out = subprocess.run(
         [str(script), "reproduce", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()

@@ -13,7 +13,11 @@ import implicit_flow as imf
         (np.ones(3), np.ones(3), r"x must have shape \(n, d\)"),
         (np.ones((3, 2)), np.ones((3, 1)), r"y must have shape \(n,\)"),
         (np.ones((0, 2)), np.ones(0), "empty"),
-        (np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2), r"x has 1 non-finite .* \(0, 1\)"),
+        (
+            np.array([[1.0, np.nan], [0.0, 1.0]]),
+            np.ones(2),
+            r"x has 1 non-finite .* \(0, 1\)",
+        ),
         (np.ones((2, 2)), np.array([1.0, np.inf]), r"y has 1 non-finite .* \(1,\)"),
     ],
 )

@@ -15,6 +15,7 @@ import pytest
 
 import implicit_flow as imf
 
+
 GTOL = 1e-10
 
 
@@ -38,7 +39,9 @@ def _mixed_inits(model, num=7):
 def test_ensemble_equals_one_flow_at_a_time():
     data, model = _deep_linear_problem()
     inits = _mixed_inits(model)
-    result = imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=imf.LanePool(lanes=3, refill_every=4))
+    result = imf.solve_ensemble(
+        model, data, inits, gtol=GTOL, engine=imf.LanePool(lanes=3, refill_every=4)
+    )
     names = list(imf.status_names(result.status))
     assert names == ["converged"] * 4 + ["nonfinite"] + ["converged"] * 2
     steps = np.asarray(result.num_steps)
@@ -58,7 +61,11 @@ def test_pool_size_does_not_change_results():
     runs = [
         imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=engine)
         # (XLA rounds batched matmuls of width < 4 differently, ~1e-12 after 1000 steps)
-        for engine in (imf.LanePool(lanes=4), imf.LanePool(lanes=5, refill_every=3), imf.LanePool())
+        for engine in (
+            imf.LanePool(lanes=4),
+            imf.LanePool(lanes=5, refill_every=3),
+            imf.LanePool(),
+        )
     ]
     for run in runs[1:]:
         for a, b in zip(runs[0].model.weights, run.model.weights):
@@ -71,8 +78,12 @@ def test_lane_pool_matches_plain_vmap_and_the_exact_limits():
     data = imf.Dataset(x, np.maximum(x @ rng.normal(size=5), 0.0))
     model = imf.ReLUNeuron(np.zeros(5))
     kwargs = dict(key=jr.key(0), num=12, gtol=GTOL)
-    pool = imf.solve_ensemble(model, data, imf.Gaussian(1.0), engine=imf.LanePool(lanes=4), **kwargs)
-    plain = imf.solve_ensemble(model, data, imf.Gaussian(1.0), engine=imf.PlainVmap(), **kwargs)
+    pool = imf.solve_ensemble(
+        model, data, imf.Gaussian(1.0), engine=imf.LanePool(lanes=4), **kwargs
+    )
+    plain = imf.solve_ensemble(
+        model, data, imf.Gaussian(1.0), engine=imf.PlainVmap(), **kwargs
+    )
     assert np.all(np.asarray(pool.status._value) == np.asarray(plain.status._value))
     np.testing.assert_allclose(pool.model.weight, plain.model.weight, rtol=0, atol=1e-9)
     for i in range(12):
@@ -88,7 +99,8 @@ def test_member_i_does_not_depend_on_the_count():
         for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(large)):
             np.testing.assert_allclose(a, b[:4], rtol=1e-15, atol=0)
     radii = jnp.linalg.norm(
-        jnp.concatenate([a.reshape(4096, -1) for a in jax.tree.leaves(large)], axis=1), axis=1
+        jnp.concatenate([a.reshape(4096, -1) for a in jax.tree.leaves(large)], axis=1),
+        axis=1,
     )
     np.testing.assert_allclose(radii, 2.0, rtol=1e-14)
 
@@ -102,7 +114,11 @@ def test_per_layer_gaussian_scales_and_plane_grid():
     assert float(jnp.std(inits.output_weight)) == pytest.approx(3.0, rel=0.1)
     neuron = imf.ReLUNeuron(np.zeros(2))
     grid = imf.PlaneGrid(
-        jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), (-1, 1, 0, 2), (3, 5)
+        jnp.zeros(2),
+        jnp.array([1.0, 0.0]),
+        jnp.array([0.0, 1.0]),
+        (-1, 1, 0, 2),
+        (3, 5),
     )
     points = imf.sample_inits(grid, jr.key(0), grid.size, neuron).weight
     np.testing.assert_allclose(points[0], [-1, 0])
@@ -120,7 +136,13 @@ def test_no_recompilation_on_repeated_calls():
 
     data, model = _deep_linear_problem()
     run = lambda key, gtol: imf.solve_ensemble(
-        model, data, imf.Gaussian(1.0), key=key, num=6, gtol=gtol, loss=CountingLoss(),
+        model,
+        data,
+        imf.Gaussian(1.0),
+        key=key,
+        num=6,
+        gtol=gtol,
+        loss=CountingLoss(),
         engine=imf.LanePool(lanes=2),
     )
     run(jr.key(0), 1e-9)
@@ -131,7 +153,15 @@ def test_no_recompilation_on_repeated_calls():
 
 def test_progress_bar_counts_every_member(capsys):
     data, model = _deep_linear_problem()
-    imf.solve_ensemble(model, data, imf.Gaussian(1.0), key=jr.key(0), num=5, progress=True, engine=imf.LanePool(lanes=2))
+    imf.solve_ensemble(
+        model,
+        data,
+        imf.Gaussian(1.0),
+        key=jr.key(0),
+        num=5,
+        progress=True,
+        engine=imf.LanePool(lanes=2),
+    )
     err = capsys.readouterr().err
     assert "5/5" in err and "converged=5" in err
 
@@ -140,7 +170,9 @@ def test_bad_ensemble_arguments():
     data, model = _deep_linear_problem()
     with pytest.raises(ValueError, match="needs a key"):
         imf.solve_ensemble(model, data, imf.Gaussian(1.0))
-    bad = eqx.tree_at(lambda m: m.weights, model, (np.zeros((3, 2, 4)), np.zeros((5, 1, 2))))
+    bad = eqx.tree_at(
+        lambda m: m.weights, model, (np.zeros((3, 2, 4)), np.zeros((5, 1, 2)))
+    )
     with pytest.raises(ValueError, match="member count"):
         imf.solve_ensemble(model, data, bad)
 
@@ -172,7 +204,11 @@ MULTI_DEVICE = textwrap.dedent(
 def test_four_cpu_devices_equal_one():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
-        [sys.executable, "-c", MULTI_DEVICE], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", MULTI_DEVICE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -213,15 +249,27 @@ def test_two_processes_equal_one():
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", TWO_PROCESSES, str(rank), str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for rank in (0, 1)
     ]
     outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert all(p.returncode == 0 for p in procs), (
+        outs[0][1][-2000:] + outs[1][1][-2000:]
+    )
     two = json.loads(outs[0][0].strip().splitlines()[-1])
     data, model = _deep_linear_problem()
-    one = imf.solve_ensemble(model, data, imf.Gaussian(1.0), key=jr.key(1), num=8, gtol=1e-11,
-                             engine=imf.LanePool(lanes=4))
+    one = imf.solve_ensemble(
+        model,
+        data,
+        imf.Gaussian(1.0),
+        key=jr.key(1),
+        num=8,
+        gtol=1e-11,
+        engine=imf.LanePool(lanes=4),
+    )
     for a, b in zip(one.model.weights, two):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)

@@ -6,6 +6,7 @@ import pytest
 
 import implicit_flow as imf
 
+
 TIGHT = dfx.PIDController(rtol=1e-13, atol=1e-15)
 
 
@@ -45,7 +46,11 @@ def test_single_neuron_matches_the_exact_flow():
 
 
 def test_theorem3_limits_from_the_ode_and_exact_flow_agree():
-    for gamma, (lo, hi) in {1: (-0.045, -0.035), 2: (-0.12, -0.10), 5: (-0.22, -0.20)}.items():
+    for gamma, (lo, hi) in {
+        1: (-0.045, -0.035),
+        2: (-0.12, -0.10),
+        5: (-0.22, -0.20),
+    }.items():
         data = imf.Dataset(
             [[3.0, -1.0, 0.0], [4.0, 2.0, 0.0], [0.0, gamma, gamma]], [16.0, 18.0, 0.0]
         )
@@ -83,7 +88,9 @@ def test_fixed_output_net_matches_the_exact_flow(bias):
         np.testing.assert_array_equal(ode.model.output_weight, v)
         err = np.max(np.abs(_flat(ode.model) - _flat(exact.model)))
         if bias:
-            err = max(err, np.max(np.abs(ode.model.hidden_bias - exact.model.hidden_bias)))
+            err = max(
+                err, np.max(np.abs(ode.model.hidden_bias - exact.model.hidden_bias))
+            )
         assert err <= 1e-7, (seed, err)
         checked += 1
     assert checked >= 6

@@ -45,7 +45,9 @@ def test_model_formulas():
     np.testing.assert_allclose(
         imf.DeepLinear(mats)(x), (mats[2] @ mats[1] @ mats[0] @ x)[0], rtol=1e-14
     )
-    np.testing.assert_allclose(imf.LinearPredictor(w[0], 2.0)(x), w[0] @ x + 2, rtol=1e-14)
+    np.testing.assert_allclose(
+        imf.LinearPredictor(w[0], 2.0)(x), w[0] @ x + 2, rtol=1e-14
+    )
     np.testing.assert_allclose(
         net.invariants(), np.sum(w**2, axis=1) + b**2 - v**2, rtol=1e-14
     )

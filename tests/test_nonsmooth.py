@@ -11,6 +11,7 @@ import scipy.optimize
 import implicit_flow as imf
 from implicit_flow.exact._piecewise import piecewise_affine_flow
 
+
 # z_1 = w_1. Above w_1 = 0 the negative label y_1 = -1 pulls w_1 down; below, x_2
 # pushes it up while 4 < w_2 < 5: the field points into w_1 = 0 from both sides.
 SLIDE_DATA = imf.Dataset([[1.0, 0.0], [1.0, 1.0]], [-1.0, 5.0])
@@ -31,12 +32,16 @@ def test_filippov_flow_slides_like_the_closed_form():
     t_in, w_in = _slide_closed_form()
     assert 4.0 < w_in[1] < 5.0  # so the face is a sliding one
     ts = np.array([0.5 * t_in, t_in + 0.5, t_in + 3.0])
-    result = imf.solve_flow(imf.ReLUNeuron(SLIDE_START), SLIDE_DATA, flow=imf.FilippovFlow(), ts=ts)
+    result = imf.solve_flow(
+        imf.ReLUNeuron(SLIDE_START), SLIDE_DATA, flow=imf.FilippovFlow(), ts=ts
+    )
     assert result.status == imf.Status.converged
     np.testing.assert_allclose(result.model.weight, [0.0, 5.0], atol=1e-9)
     assert float(result.loss) == pytest.approx(0.5, abs=1e-12)
     w2 = 5.0 - (5.0 - w_in[1]) * np.exp(-(ts[1:] - t_in))  # on the face
-    np.testing.assert_allclose(result.diagnostics["loss"][1:], 0.5 + 0.5 * (w2 - 5.0) ** 2, rtol=1e-7)
+    np.testing.assert_allclose(
+        result.diagnostics["loss"][1:], 0.5 + 0.5 * (w2 - 5.0) ** 2, rtol=1e-7
+    )
     # the plain gradient flow chatters on the kink and never gets there
     plain = imf.solve_flow(imf.ReLUNeuron(SLIDE_START), SLIDE_DATA, max_steps=3000)
     assert plain.status == imf.Status.step_limit
@@ -47,7 +52,9 @@ def _sliding_net(seed):
     x = rng.normal(size=(6, 3))
     teacher_w, teacher_v = rng.normal(size=(2, 3)) / np.sqrt(3), rng.normal(size=2)
     data = imf.Dataset(x, np.maximum(x @ teacher_w.T, 0) @ teacher_v)
-    return imf.TwoLayerReLU(rng.normal(size=(4, 3)) / np.sqrt(3), rng.normal(size=4) / 2.0), data
+    return imf.TwoLayerReLU(
+        rng.normal(size=(4, 3)) / np.sqrt(3), rng.normal(size=4) / 2.0
+    ), data
 
 
 def _gd_at(model, data, lr, horizon):
@@ -75,9 +82,13 @@ def test_both_layers_sliding_is_the_small_step_limit_of_gd_and_keeps_balancednes
         model, data, t1=horizon, flow=imf.FilippovFlow(), ts=np.linspace(0, horizon, 9)
     )
     assert result.status == imf.Status.time_limit
-    got = np.concatenate([np.ravel(result.model.hidden_weight), result.model.output_weight])
+    got = np.concatenate(
+        [np.ravel(result.model.hidden_weight), result.model.output_weight]
+    )
     lrs = np.array([4e-3, 2e-3, 1e-3, 5e-4])
-    dist = np.array([np.max(np.abs(got - _gd_at(model, data, lr, horizon))) for lr in lrs])
+    dist = np.array(
+        [np.max(np.abs(got - _gd_at(model, data, lr, horizon))) for lr in lrs]
+    )
     assert np.all(np.diff(dist) < 0)
     order = np.polyfit(np.log(lrs), np.log(dist), 1)[0]
     assert 0.8 < order < 1.3
@@ -92,7 +103,12 @@ def test_tail_jump_keeps_the_limit_and_saves_work():
     data = imf.Dataset(x, np.maximum(x @ rng.normal(size=4), 0.0))
     deep = imf.DeepLinear([rng.normal(size=(2, 4)), rng.normal(size=(1, 2))])
     cases = [
-        (imf.ReLUNeuron(rng.normal(size=4)), data, imf.GradientFlow(), 1e-11),  # exact piece
+        (
+            imf.ReLUNeuron(rng.normal(size=4)),
+            data,
+            imf.GradientFlow(),
+            1e-11,
+        ),  # exact piece
         (deep, imf.Dataset(x, x @ rng.normal(size=4)), imf.GradientFlow(), 1e-10),
         (imf.ReLUNeuron(SLIDE_START), SLIDE_DATA, imf.FilippovFlow(), 1e-11),  # sliding
     ]
@@ -101,7 +117,9 @@ def test_tail_jump_keeps_the_limit_and_saves_work():
         full = imf.solve_flow(model, d, flow=flow, gtol=gtol)
         fast = imf.solve_flow(model, d, flow=flow, gtol=gtol, tail=imf.TailJump())
         # the reference integrates 10x further into the tail, at tighter tolerances
-        ref = imf.solve_flow(model, d, flow=flow, gtol=gtol / 10, stepsize_controller=tight)
+        ref = imf.solve_flow(
+            model, d, flow=flow, gtol=gtol / 10, stepsize_controller=tight
+        )
         assert all(r.status == imf.Status.converged for r in (full, fast, ref))
         for a, b in zip(jax.tree.leaves(ref.model), jax.tree.leaves(fast.model)):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
@@ -115,14 +133,22 @@ def test_tail_jump_in_the_lane_pool_matches_the_exact_flow():
     data = imf.Dataset(x, np.maximum(x @ rng.normal(size=5), 0.0))
     model = imf.ReLUNeuron(np.zeros(5))
     result = imf.solve_ensemble(
-        model, data, imf.Gaussian(1.0), key=jax.random.key(0), num=12, gtol=1e-10,
-        tail=imf.TailJump(), engine=imf.LanePool(lanes=4),
+        model,
+        data,
+        imf.Gaussian(1.0),
+        key=jax.random.key(0),
+        num=12,
+        gtol=1e-10,
+        tail=imf.TailJump(),
+        engine=imf.LanePool(lanes=4),
     )
     assert np.all(np.asarray(result.status == imf.Status.converged))
     assert int(jnp.sum(result.num_jumps)) >= 12
     for i in range(12):
         exact = imf.exact_flow(imf.ReLUNeuron(result.init.weight[i]), data)
-        np.testing.assert_allclose(result.model.weight[i], exact.model.weight, atol=1e-10)
+        np.testing.assert_allclose(
+            result.model.weight[i], exact.model.weight, atol=1e-10
+        )
 
 
 def test_filippov_flow_rejects_other_models():
@@ -142,9 +168,13 @@ def test_filippov_flow_enters_and_leaves_the_surface_like_the_exact_flow(y3):
     flow = imf.FilippovFlow()
     result = imf.solve_flow(imf.ReLUNeuron(start), data, flow=flow, gtol=1e-11)
     np.testing.assert_allclose(result.model.weight, exact.model.weight, atol=1e-7)
-    pieces = piecewise_affine_flow(x, np.asarray(data.y), np.ones(1), start[None], bias=False)
+    pieces = piecewise_affine_flow(
+        x, np.asarray(data.y), np.ones(1), start[None], bias=False
+    )
     t_in, t_out = pieces.switch_times[:2]
-    z1 = lambda t: float(imf.solve_flow(imf.ReLUNeuron(start), data, flow=flow, t1=t).model.weight[0])
+    z1 = lambda t: float(
+        imf.solve_flow(imf.ReLUNeuron(start), data, flow=flow, t1=t).model.weight[0]
+    )
     eps = 1e-6  # the solver enters within eps of the exact time
     assert z1(t_in - eps) > flow.band and abs(z1(t_in + eps)) <= flow.band
     assert abs(z1(t_out - eps)) <= flow.band
@@ -163,16 +193,25 @@ def test_fixed_output_nets_that_slide_match_the_exact_filippov_limit():
         teacher = rng.normal(size=(2, 3))
         v = np.array([1.0, -0.5])
         model = imf.TwoLayerReLU(
-            teacher + 0.3 * rng.normal(size=(2, 3)), v, 0.1 * rng.normal(size=2), train_output=False
+            teacher + 0.3 * rng.normal(size=(2, 3)),
+            v,
+            0.1 * rng.normal(size=2),
+            train_output=False,
         )
         data = imf.Dataset(x, np.maximum(x @ teacher.T, 0.0) @ v)
         if imf.exact_flow(model, data, slide=False).status != imf.Status.sliding:
             continue
         exact = imf.exact_flow(model, data)
         assert exact.status == imf.Status.converged
-        result = imf.solve_flow(model, data, flow=imf.FilippovFlow(), gtol=1e-11, tail=imf.TailJump())
+        result = imf.solve_flow(
+            model, data, flow=imf.FilippovFlow(), gtol=1e-11, tail=imf.TailJump()
+        )
         assert result.status == imf.Status.converged
-        np.testing.assert_allclose(result.model.hidden_weight, exact.model.hidden_weight, atol=1e-7)
-        np.testing.assert_allclose(result.model.hidden_bias, exact.model.hidden_bias, atol=1e-7)
+        np.testing.assert_allclose(
+            result.model.hidden_weight, exact.model.hidden_weight, atol=1e-7
+        )
+        np.testing.assert_allclose(
+            result.model.hidden_bias, exact.model.hidden_bias, atol=1e-7
+        )
         checked += 1
     assert checked >= 3

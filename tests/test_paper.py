@@ -17,6 +17,7 @@ import scipy.optimize
 import implicit_flow as imf
 from implicit_flow import paper
 
+
 # The paper's numbers (Vardi & Shamir 2021, Theorem 3).
 S_RANGE = {1.0: (-0.045, -0.035), 2.0: (-0.12, -0.10), 5.0: (-0.22, -0.20)}
 T1_RANGE = {1.0: (0.169, 0.17), 2.0: (0.138, 0.139), 5.0: (0.086, 0.087)}

@@ -14,6 +14,7 @@ from implicit_flow.exact._piecewise import (
     piecewise_affine_flow,
 )
 
+
 _HORIZON = 200.0
 _N_RANDOM = 24
 

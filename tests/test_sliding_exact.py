@@ -18,6 +18,7 @@ import scipy.optimize
 
 from implicit_flow.exact._piecewise import piecewise_affine_flow
 
+
 _HORIZON = 1e4
 # The first 24 seeds of `_random_case` whose flow slides (has a face), leaving out
 # faces of rank p (a neuron pinned at w_j = 0), which the reference cannot sort.

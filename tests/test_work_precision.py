@@ -12,6 +12,7 @@ import pytest
 import implicit_flow as imf
 from implicit_flow._work_precision import work_precision, write_work_precision
 
+
 EXPLICIT_ADAPTIVE = ("Bosh3", "Tsit5", "Dopri5", "Dopri8")
 
 

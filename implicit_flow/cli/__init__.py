@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out-dir", default="bench-solvers", help="where to write")
     bench.add_argument("--num-inits", type=int, default=4, help="starts (default 4)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--gamma", type=float, default=2.0, help="Theorem 3 data's gamma")
+    bench.add_argument(
+        "--gamma", type=float, default=2.0, help="Theorem 3 data's gamma"
+    )
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["reproduce", *(argv or [])])
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from .._work_precision import run_bench_solvers
 
         return run_bench_solvers(
-            out_dir=args.out_dir, num_inits=args.num_inits, seed=args.seed, gamma=args.gamma
+            out_dir=args.out_dir,
+            num_inits=args.num_inits,
+            seed=args.seed,
+            gamma=args.gamma,
         )
     return run_demo(seed=args.seed, num_inits=args.num_inits)
 

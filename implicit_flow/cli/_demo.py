@@ -18,9 +18,12 @@ from .. import (
     TwoLayerReLU,
 )
 
+
 # Vardi & Shamir (2021), Theorem 3 with gamma = 2, alpha = 1: from w = 0 the flow
 # ends at (5, -1, s) with s in (-0.12, -0.10).
-THEOREM3 = Dataset([[3.0, -1.0, 0.0], [4.0, 2.0, 0.0], [0.0, 2.0, 2.0]], [16.0, 18.0, 0.0])
+THEOREM3 = Dataset(
+    [[3.0, -1.0, 0.0], [4.0, 2.0, 0.0], [0.0, 2.0, 2.0]], [16.0, 18.0, 0.0]
+)
 
 
 def _flat(model) -> np.ndarray:
@@ -38,22 +41,34 @@ def _cases(rng: np.random.Generator, num_inits: int):
     small = lambda *shape: 0.5 * rng.normal(size=shape)
     starts = range(num_inits)
     yield "LinearPredictor", linear_data, [LinearPredictor(small(6)) for _ in starts]
-    yield "ReLUNeuron (Thm 3)", THEOREM3, [
-        ReLUNeuron(np.zeros(3) if i == 0 else np.abs(small(3))) for i in starts
-    ]
-    yield "ReLUNeuron leaky 0.2", leaky_data, [
-        ReLUNeuron(small(3), negative_slope=0.2) for _ in starts
-    ]
-    yield "TwoLayerReLU v fixed", net_data, [
-        TwoLayerReLU(teacher + small(2, 3), [1.0, 0.5], train_output=False)
-        for _ in starts
-    ]
-    yield "TwoLayerReLU", net_data, [
-        TwoLayerReLU(small(4, 3), small(4), small(4)) for _ in starts
-    ]
-    yield "DeepLinear depth 3", linear_data, [
-        DeepLinear([small(3, 6), small(3, 3), small(1, 3)]) for _ in starts
-    ]
+    yield (
+        "ReLUNeuron (Thm 3)",
+        THEOREM3,
+        [ReLUNeuron(np.zeros(3) if i == 0 else np.abs(small(3))) for i in starts],
+    )
+    yield (
+        "ReLUNeuron leaky 0.2",
+        leaky_data,
+        [ReLUNeuron(small(3), negative_slope=0.2) for _ in starts],
+    )
+    yield (
+        "TwoLayerReLU v fixed",
+        net_data,
+        [
+            TwoLayerReLU(teacher + small(2, 3), [1.0, 0.5], train_output=False)
+            for _ in starts
+        ],
+    )
+    yield (
+        "TwoLayerReLU",
+        net_data,
+        [TwoLayerReLU(small(4, 3), small(4), small(4)) for _ in starts],
+    )
+    yield (
+        "DeepLinear depth 3",
+        linear_data,
+        [DeepLinear([small(3, 6), small(3, 3), small(1, 3)]) for _ in starts],
+    )
 
 
 def _reference(model, data, result) -> str:
@@ -90,6 +105,8 @@ def run_demo(seed: int, num_inits: int) -> int:
                 f"{_reference(model, data, result):>22}",
                 flush=True,
             )
-    print(f"\n{time.perf_counter() - start:.1f} s. Loss: half-sum 1/2 sum (f - y)^2; "
-          "sigma'(0) = 1; float64; Tsit5 + PID(rtol 1e-12, atol 1e-14); gtol 1e-9.")
+    print(
+        f"\n{time.perf_counter() - start:.1f} s. Loss: half-sum 1/2 sum (f - y)^2; "
+        "sigma'(0) = 1; float64; Tsit5 + PID(rtol 1e-12, atol 1e-14); gtol 1e-9."
+    )
     return 0

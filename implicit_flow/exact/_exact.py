@@ -13,6 +13,7 @@ from .._result import FlowResult, Status
 from ..models import LinearPredictor, ReLUNeuron, TwoLayerReLU
 from ._piecewise import piecewise_affine_flow
 
+
 _STATUS = {
     "converged": Status.converged,
     "sliding": Status.sliding,
@@ -65,16 +66,27 @@ def exact_flow(
     if isinstance(model, LinearPredictor):
         x, theta0 = _linear_design(model, data)
         flow = piecewise_affine_flow(
-            x, np.asarray(data.y), np.ones(1), theta0[None, :], bias=False,
-            negative_slope=1.0, mean=isinstance(loss, MeanSquareLoss),
+            x,
+            np.asarray(data.y),
+            np.ones(1),
+            theta0[None, :],
+            bias=False,
+            negative_slope=1.0,
+            mean=isinstance(loss, MeanSquareLoss),
             sliding="filippov" if slide else "stop",
         )
     else:
         hidden0, out_weight, bias = _hidden(model)
         flow = piecewise_affine_flow(
-            np.asarray(data.x), np.asarray(data.y), out_weight, hidden0, bias=bias,
-            negative_slope=model.negative_slope, grad_at_zero=model.grad_at_zero,
-            mean=isinstance(loss, MeanSquareLoss), sliding="filippov" if slide else "stop",
+            np.asarray(data.x),
+            np.asarray(data.y),
+            out_weight,
+            hidden0,
+            bias=bias,
+            negative_slope=model.negative_slope,
+            grad_at_zero=model.grad_at_zero,
+            mean=isinstance(loss, MeanSquareLoss),
+            sliding="filippov" if slide else "stop",
         )
     final = _with_hidden(model, flow.hidden)
     objective = Objective(eqx.partition(model, eqx.is_inexact_array)[1], loss)
@@ -136,7 +148,10 @@ def _with_hidden(model, hidden: Float[np.ndarray, "m p"]):
     """`model` with its hidden parameters replaced by the rows [w_j, b_j] of `hidden`."""
     hidden = jnp.asarray(hidden)
     if isinstance(model, LinearPredictor | ReLUNeuron):
-        weight, bias = hidden[0, : model.weight.shape[0]], hidden[0, model.weight.shape[0] :]
+        weight, bias = (
+            hidden[0, : model.weight.shape[0]],
+            hidden[0, model.weight.shape[0] :],
+        )
         model = eqx.tree_at(lambda m: m.weight, model, weight)
         if model.bias is not None:
             model = eqx.tree_at(lambda m: m.bias, model, bias[0])
@@ -146,4 +161,3 @@ def _with_hidden(model, hidden: Float[np.ndarray, "m p"]):
     if model.hidden_bias is not None:
         model = eqx.tree_at(lambda m: m.hidden_bias, model, hidden[:, d])
     return model
-

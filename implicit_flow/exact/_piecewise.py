@@ -84,6 +84,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+
 _EIG_RTOL = 1e-12  # eigenvalues of A below this fraction of the largest count as zero
 _GRID_SPAN = (1e-3, 60.0)  # search grid, in units of 1/lambda_max and 1/lambda_min
 _POINTS_PER_DECADE = 48

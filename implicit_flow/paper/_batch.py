@@ -19,7 +19,7 @@ from .._data import Dataset
 from .._ensemble import solve_ensemble
 from .._result import FlowResult
 from .._solve import solve_flow
-from ..exact._piecewise import PiecewiseFlow, piecewise_affine_flow
+from ..exact._piecewise import piecewise_affine_flow, PiecewiseFlow
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,6 +14,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 from .._data import Dataset
 from ..models import TwoLayerReLU
 
+
 _X12 = np.array([[3.0, -1.0, 0.0], [4.0, 2.0, 0.0]])
 _Y = np.array([16.0, 18.0, 0.0])
 THEOREM3_TARGET = np.array(

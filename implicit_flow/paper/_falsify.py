@@ -32,7 +32,8 @@ from .._data import Dataset
 from .._result import FlowResult
 from ..models import ReLUNeuron, TwoLayerReLU
 from ._regularizers import AbstractRegularizer
-from ._zero_loss import ZeroLossSet, zero_loss_set
+from ._zero_loss import zero_loss_set, ZeroLossSet
+
 
 _KINDS = ("neuron", "two_layer")
 

@@ -41,7 +41,7 @@ from ._depth2 import (
     flow_path,
     gd_balancedness,
 )
-from ._falsify import FlowSample, falsify, flow_sample
+from ._falsify import falsify, flow_sample, FlowSample
 from ._gd import gd_to_steady_state
 from ._regularizers import (
     CallableRegularizer,
@@ -51,14 +51,15 @@ from ._regularizers import (
     L2Norm,
 )
 from ._theorem8 import (
-    RealizableProblems,
     adversarial_ratio_search,
     distance_monotonicity,
     random_realizable_problems,
+    RealizableProblems,
     theorem8_study,
     time_span,
 )
 from ._zero_loss import zero_loss_set, zero_loss_set_of
+
 
 # The paper's numbers (Theorem 3): intervals of s in the limit alpha(5, -1, s), and
 # brackets of t_1.

@@ -20,6 +20,7 @@ from ..exact._piecewise import PiecewiseFlow
 from ._batch import neuron_flows
 from ._zero_loss import zero_loss_set_of
 
+
 _MEMBER_TOL = 1e-9  # zero-loss membership of a limit (distance, relative to 1 + |w|)
 _MIN_DIST = 1e-6  # starts closer than this (relative) to G are not counted
 

@@ -25,6 +25,7 @@ from jaxtyping import ArrayLike, Float, PRNGKeyArray
 
 from .._data import Dataset
 
+
 _RANK_RTOL = (
     1e-12  # singular values of the equality rows below this (relative) are zero
 )
