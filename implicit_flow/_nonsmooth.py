@@ -40,6 +40,11 @@ class FilippovFlow(AbstractFlow):
     sliding pre-activation at $\\dot z = -z/\\tau$ instead of 0, so that integration
     errors cannot walk it out of the band (default 1; 0 turns it off). At most two
     pre-activations of one neuron (the two nearest 0) are treated as kinks at once.
+
+    Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
+    1e-14 does): with atol near the band, integration error walks sliding
+    pre-activations out of it, and the solve chatters at the band's edge (on W2,
+    rtol 1e-8 / atol 1e-10 ended every flow at max_steps; 1e-10 / 1e-12 converged).
     """
 
     band: float = eqx.field(static=True, default=1e-8)
