@@ -16,7 +16,8 @@ the slopes, so the minimal norm separates over hidden neurons: for neuron j,
 $\\min_a \\|c_j + \\sum_k a_k u_{jk}\\|$ over $a \\in [\\alpha, 1]^K$, with
 $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and $c_j$ the
 gradient from all other entries. The box QP is solved exactly by enumerating its
-$3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most 2 per neuron.
+$3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `KINKS` = 3 per neuron
+(on W2, flows that met 3 at once stalled when only 2 were allowed).
 """
 
 import itertools
@@ -32,14 +33,17 @@ from ._objective import AbstractFlow, Objective
 from .models import ReLUNeuron, TwoLayerReLU
 
 
+KINKS = 3  # pre-activations of one neuron that may sit on their kinks at once
+
+
 class FilippovFlow(AbstractFlow):
     """Final. The minimal-norm subgradient flow of `ReLUNeuron` and `TwoLayerReLU` models.
 
     Fields: `band`, the half-width of $|z_{ij}|$ within which a kink's slope is free
     (the accuracy of sliding is about `band`); `pull`, a rate $1/\\tau$ that aims a
     sliding pre-activation at $\\dot z = -z/\\tau$ instead of 0, so that integration
-    errors cannot walk it out of the band (default 1; 0 turns it off). At most two
-    pre-activations of one neuron (the two nearest 0) are treated as kinks at once.
+    errors cannot walk it out of the band (default 1; 0 turns it off). At most
+    `KINKS` = 3 pre-activations of one neuron (the nearest 0) are kinks at once.
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -52,16 +56,15 @@ class FilippovFlow(AbstractFlow):
 
     def kinks(
         self, z: Float[Array, "n m"]
-    ) -> tuple[Int[Array, "m 2"], Float[Array, "m 2"], Bool[Array, "m 2"]]:
-        """Per neuron, the two entries nearest their kink: indices, z, and which of
-        them lie within `band` (those get a free slope)."""
-        # two argmins: XLA's top_k is ~20x slower on CPU for this shape
-        size = jnp.abs(z)
-        first = jnp.argmin(size, axis=0)
-        size = jnp.where(jnp.arange(z.shape[0])[:, None] == first, jnp.inf, size)
-        near = jnp.stack([first, jnp.argmin(size, axis=0)], axis=1)
-        if z.shape[0] == 1:
-            near = near[:, :1]
+    ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
+        """Per neuron, the `KINKS` entries nearest their kink (fewer if n is smaller):
+        indices, z, and which of them lie within `band` (those get a free slope)."""
+        # repeated argmins: XLA's top_k is ~20x slower on CPU for this shape
+        size, near = jnp.abs(z), []
+        for _ in range(min(KINKS, z.shape[0])):
+            near.append(jnp.argmin(size, axis=0))
+            size = jnp.where(jnp.arange(z.shape[0])[:, None] == near[-1], jnp.inf, size)
+        near = jnp.stack(near, axis=1)
         zk = jnp.take_along_axis(z.T, near, axis=1)
         return near, zk, jnp.abs(zk) < self.band
 
@@ -84,9 +87,10 @@ class FilippovFlow(AbstractFlow):
         c = (slope * v[:, None] * r[None, :]) @ x  # (m, p): gradient off the kinks
         u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
         target = jnp.where(free, self.pull * zk * r[near] * v[:, None], 0.0)
-        if u.shape[1] == 1:  # one data point: pad to two kinks that do nothing
+        if u.shape[1] < KINKS:  # fewer data points: pad with kinks that do nothing
+            pad = KINKS - u.shape[1]
             u, target, free = (
-                jnp.concatenate([a, jnp.zeros_like(a)], axis=1)
+                jnp.concatenate([a, jnp.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype)], axis=1)
                 for a in (u, target, free)
             )
         a = _min_norm_slopes(c, u, target, free, alpha)
@@ -95,55 +99,54 @@ class FilippovFlow(AbstractFlow):
         return _as_params(model, params, -grad_hidden, -grad_v)
 
 
-def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m 2"]:
-    """argmin over a in [lo, 1]^2 of |c + a_1 u_1 + a_2 u_2|^2 - 2 target . a, per neuron.
+def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
+    """argmin over a in [lo, 1]^K of |c + sum_k a_k u_k|^2 - 2 target . a, per neuron.
 
-    Exact: the minimum lies in the relative interior of one of the 9 faces of the
-    box, where it is the face's unconstrained minimizer; all 9 are computed in
-    closed form, and the feasible one of least value wins.
+    Exact: the minimum lies in the relative interior of one of the 3^K faces of the
+    box, where it is the face's unconstrained minimizer; each face's small system
+    (at most K x K) is solved in closed form by Cramer's rule, elementwise over
+    neurons (no batched linear solves), and the feasible face of least value wins.
     """
-    g11, g22 = jnp.sum(u[:, 0] ** 2, -1), jnp.sum(u[:, 1] ** 2, -1)
-    g12 = jnp.sum(u[:, 0] * u[:, 1], -1)
-    h1 = jnp.sum(u[:, 0] * c, -1) - target[:, 0]
-    h2 = jnp.sum(u[:, 1] * c, -1) - target[:, 1]
-    safe = lambda d: jnp.where(d > 0, d, 1.0)
-    options = []
-    for b1, b2 in itertools.product((lo, 1.0, None), repeat=2):
-        if b1 is None and b2 is None:
-            det = g11 * g22 - g12**2
-            ok = free[:, 0] & free[:, 1] & (det > 1e-14 * (g11 * g22 + 1e-300))
-            a1 = (-h1 * g22 + h2 * g12) / safe(det)
-            a2 = (-h2 * g11 + h1 * g12) / safe(det)
-        elif b1 is None:
-            ok = free[:, 0] & (g11 > 0)
-            a1, a2 = -(h1 + g12 * b2) / safe(g11), jnp.full_like(g11, b2)
-        elif b2 is None:
-            ok = free[:, 1] & (g22 > 0)
-            a1, a2 = jnp.full_like(g11, b1), -(h2 + g12 * b1) / safe(g22)
-        else:
-            ok = jnp.ones(g11.shape, bool)
-            a1, a2 = jnp.full_like(g11, b1), jnp.full_like(g11, b2)
-        ok = (
-            ok
-            & (a1 >= lo - 1e-12)
-            & (a1 <= 1 + 1e-12)
-            & (a2 >= lo - 1e-12)
-            & (a2 <= 1 + 1e-12)
-        )
-        value = g11 * a1**2 + g22 * a2**2 + 2 * g12 * a1 * a2 + 2 * (h1 * a1 + h2 * a2)
-        options.append(
-            (
-                jnp.where(ok, value, jnp.inf),
-                jnp.clip(a1, lo, 1.0),
-                jnp.clip(a2, lo, 1.0),
-            )
-        )
-    values = jnp.stack([o[0] for o in options])
-    best = jnp.argmin(values, axis=0)
-    pick = lambda k: jnp.take_along_axis(
-        jnp.stack([o[k] for o in options]), best[None], 0
-    )[0]
-    return jnp.stack([pick(1), pick(2)], axis=1)
+    k = u.shape[1]
+    g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
+    h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
+    scale = sum(g[i][i] for i in range(k)) + 1e-300
+    best_value = jnp.full(c.shape[0], jnp.inf)
+    best = [jnp.full(c.shape[0], lo) for _ in range(k)]
+    for face in itertools.product((lo, 1.0, None), repeat=k):  # None: free
+        open_ = [i for i in range(k) if face[i] is None]
+        a = [jnp.full(c.shape[0], 0.0 if b is None else b) for b in face]
+        ok = jnp.ones(c.shape[0], bool)
+        if open_:
+            # G_FF a_F = -(h_F + G_FB a_B), by Cramer's rule
+            rhs = [-(h[i] + sum(g[i][j] * face[j] for j in range(k) if j not in open_)) for i in open_]
+            sub = [[g[i][j] for j in open_] for i in open_]
+            det = _det(sub)
+            safe = jnp.where(det == 0, 1.0, det)
+            for col, i in enumerate(open_):
+                a[i] = _det([row[:col] + [r] + row[col + 1 :] for row, r in zip(sub, rhs)]) / safe
+                ok = ok & free[:, i] & (a[i] >= lo - 1e-12) & (a[i] <= 1 + 1e-12)
+            ok = ok & (jnp.abs(det) > 1e-12 * scale ** len(open_))
+        a = [jnp.clip(ai, lo, 1.0) for ai in a]
+        value = sum(a[i] * (g[i][j] * a[j]) for i in range(k) for j in range(k))
+        value = value + 2 * sum(h[i] * a[i] for i in range(k))
+        better = ok & (value < best_value)
+        best_value = jnp.where(better, value, best_value)
+        best = [jnp.where(better, ai, bi) for ai, bi in zip(a, best)]
+    return jnp.stack(best, axis=1)
+
+
+def _det(m: list[list[Array]]) -> Array:
+    """Determinant of a 1 x 1 to 3 x 3 matrix of arrays, written out (elementwise)."""
+    if len(m) == 1:
+        return m[0][0]
+    if len(m) == 2:
+        return m[0][0] * m[1][1] - m[0][1] * m[1][0]
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
 
 
 def hidden_layer(model) -> tuple[Float[Array, "m p"], Float[Array, " m"], bool]:
