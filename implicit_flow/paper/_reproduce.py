@@ -441,28 +441,36 @@ def _theorem3(rep: _Report, cfg: _Config, key) -> None:
     _figure1(rep, flows)
 
 
-def _figure1(rep: _Report, flows) -> None:
+def _paths_with_w_line(paths: dict, name: str, line_label: str, title: str):
+    """A 3-D figure of one path per gamma, with the line W_1 and the plane
+    <x_3, w> = 0 (w_2 + w_3 = 0) of the Theorem 3 data."""
     import matplotlib.pyplot as plt
 
     fig = plt.figure(figsize=(7.5, 6))
     ax = fig.add_subplot(projection="3d")
-    ts = np.concatenate([[0.0], np.geomspace(1e-4, 20.0, 400)])
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(FIG_GAMMAS)))
-    for gamma, color in zip(FIG_GAMMAS, colors, strict=True):
-        path = flows[gamma, 1.0][1].at(ts)[:, 0]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(paths)))
+    for (gamma, path), color in zip(paths.items(), colors, strict=True):
         ax.plot(*path.T, color=color, label=f"gamma = {gamma:g}")
         ax.scatter(*path[-1], color=color, s=18)
     line = theorem3_minimizer(np.linspace(-0.6, 0.0, 2))
-    ax.plot(*line.T, "r-", lw=3, alpha=0.6, label="W_1 = {(5, -1, s): s <= 0}")
+    ax.plot(*line.T, "r-", lw=3, alpha=0.6, label=line_label)
     w1, w2 = np.meshgrid(np.linspace(0, 5.5, 2), np.linspace(-1.5, 1.0, 2))
     ax.plot_surface(w1, w2, -w2, alpha=0.15, color="gray")
-    ax.set(
-        xlabel="w_1",
-        ylabel="w_2",
-        zlabel="w_3",
-        title="Fig. 1: GF of one ReLU neuron from 0 (exact), plane <x_3, w> = 0",
-    )
+    ax.set(xlabel=f"{name}_1", ylabel=f"{name}_2", zlabel=f"{name}_3", title=title)
     ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def _figure1(rep: _Report, flows) -> None:
+
+    ts = np.concatenate([[0.0], np.geomspace(1e-4, 20.0, 400)])
+    paths = {gamma: flows[gamma, 1.0][1].at(ts)[:, 0] for gamma in FIG_GAMMAS}
+    fig = _paths_with_w_line(
+        paths,
+        "w",
+        "W_1 = {(5, -1, s): s <= 0}",
+        "Fig. 1: GF of one ReLU neuron from 0 (exact), plane <x_3, w> = 0",
+    )
     rep.figure(
         fig,
         "fig1_theorem3_trajectories.png",
@@ -937,32 +945,24 @@ def _depth2(rep: _Report, cfg: _Config, key) -> None:
         f"{(u_gd[lr][2] - u[5.0][2]) / (u_gd[lr / 2][2] - u[5.0][2]):.3f}",
         1.8 <= (u_gd[lr][2] - u[5.0][2]) / (u_gd[lr / 2][2] - u[5.0][2]) <= 2.2,
     )
-    fig = plt.figure(figsize=(7.5, 6))
-    ax = fig.add_subplot(projection="3d")
     times = np.concatenate(
         [[0.0], np.geomspace(1e-2, 2.0, cfg.path_points), [4.0, 8.0]]
     )
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(FIG_GAMMAS)))
-    for gamma, color in zip(FIG_GAMMAS, colors, strict=True):
-        path = np.stack(
+    paths = {
+        gamma: np.stack(
             [
                 effective_weight(m)
                 for m in flow_path(depth2_start(1e-3), theorem3_data(gamma), times)
             ]
         )
-        ax.plot(*path.T, color=color, label=f"gamma = {gamma:g}")
-        ax.scatter(*path[-1], color=color, s=18)
-    line = theorem3_minimizer(np.linspace(-0.6, 0.0, 2))
-    ax.plot(*line.T, "r-", lw=3, alpha=0.6, label="W_1")
-    w1, w2 = np.meshgrid(np.linspace(0, 5.5, 2), np.linspace(-1.5, 1.0, 2))
-    ax.plot_surface(w1, w2, -w2, alpha=0.15, color="gray")
-    ax.set(
-        xlabel="u_1",
-        ylabel="u_2",
-        zlabel="u_3",
-        title="Fig. 2(a): u = v w, depth 2 from (0, 1e-3) (solve_flow)",
+        for gamma in FIG_GAMMAS
+    }
+    fig = _paths_with_w_line(
+        paths,
+        "u",
+        "W_1",
+        "Fig. 2(a): u = v w, depth 2 from (0, 1e-3) (solve_flow)",
     )
-    ax.legend(loc="upper left", fontsize=8)
     rep.figure(
         fig,
         "fig2a_depth2_trajectories.png",
