@@ -28,7 +28,7 @@ from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
 from ._objective import AbstractFlow, GradientFlow, Objective
 from ._progress import progress_bar, report_progress
-from ._result import FlowResult, status_from_code, STATUS_NAMES
+from ._result import FlowResult, STATUS_CODE, status_from_code
 from ._samplers import AbstractSampler, sample_members
 from ._solve import (
     all_finite,
@@ -41,7 +41,6 @@ from ._tail import TailJump
 
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
-_CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
 
 
 class _Source(eqx.Module):
@@ -164,12 +163,12 @@ class _Problem(eqx.Module):
                 tprev >= self.t1,
             ],
             [
-                _CODE["nonfinite"],
-                _CODE["converged"],
+                STATUS_CODE["nonfinite"],
+                STATUS_CODE["converged"],
                 _JUMP,
-                _CODE["solver_failure"],
-                _CODE["step_limit"],
-                _CODE["time_limit"],
+                STATUS_CODE["solver_failure"],
+                STATUS_CODE["step_limit"],
+                STATUS_CODE["time_limit"],
             ],
             _RUNNING,
         )
@@ -362,7 +361,7 @@ def _pool_loop(
         jnp.zeros(num, int),
         jnp.zeros(num, int),
         jnp.zeros(num, int),
-        jnp.full(num, _CODE["solver_failure"]),
+        jnp.full(num, STATUS_CODE["solver_failure"]),
     )
 
     def jump(lane: _Lane) -> _Lane:
@@ -379,7 +378,9 @@ def _pool_loop(
             jnp.where(accept.reshape(-1, *[1] * (b.ndim - 1)), b, a[pick])
         )
         code = jnp.where(
-            accept, _CODE["converged"], jnp.where(reject, _RUNNING, lane.code[pick])
+            accept,
+            STATUS_CODE["converged"],
+            jnp.where(reject, _RUNNING, lane.code[pick]),
         )
         return eqx.tree_at(
             lambda l: (l.y, l.code, l.jumps, l.next_jump),
@@ -417,7 +418,7 @@ def _pool_loop(
             jax.debug.callback(
                 report_progress,
                 jnp.sum(finished),
-                jnp.sum(lane.code == _CODE["converged"]),
+                jnp.sum(lane.code == STATUS_CODE["converged"]),
             )
         needs = (lane.code != _RUNNING) & (lane.code != _JUMP)
         new_index = next_index + jnp.cumsum(needs) - 1

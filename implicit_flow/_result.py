@@ -31,6 +31,9 @@ STATUS_NAMES = (
 )
 
 
+STATUS_CODE = {name: code for code, name in enumerate(STATUS_NAMES)}
+
+
 def status_from_code(code) -> Status:
     """The status whose name is `STATUS_NAMES[code]` (a scalar int array)."""
     status = Status.solver_failure

@@ -14,7 +14,7 @@ from ._custom_types import Params
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
 from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
-from ._result import FlowResult, Status, status_from_code
+from ._result import FlowResult, Status, STATUS_CODE, status_from_code
 from ._tail import TailJump
 
 
@@ -134,49 +134,116 @@ def solve_one(
             max_steps,
             tail,
         )
+    sol = _integrate(
+        flow,
+        objective,
+        params,
+        data,
+        solver,
+        controller,
+        0.0,
+        t1,
+        dt0,
+        max_steps,
+        gtol,
+        ts,
+    )
+    final = jtu.tree_map(lambda y: y[-1], sol.ys[0])
+    return _flow_result(
+        flow,
+        objective,
+        params,
+        final,
+        data,
+        solver,
+        t_final=sol.ts[0][-1],
+        accepted=sol.stats["num_accepted_steps"],
+        rejected=sol.stats["num_rejected_steps"],
+        code=_result_code(sol.result),
+        ts=None if ts is None else sol.ts[1],
+        diagnostics=None if ts is None else sol.ys[1],
+    )
 
-    def converged(t, y, args, **kwargs):
+
+def _integrate(
+    flow,
+    objective,
+    y0,
+    data,
+    solver,
+    controller,
+    t0,
+    t1,
+    dt0,
+    max_steps,
+    target,
+    ts=None,
+) -> dfx.Solution:
+    """One `diffeqsolve` from (t0, y0) until the flow's speed falls below `target`;
+    `ys[0]` holds the end, and `ys[1]` the diagnostics on `ts` if given."""
+
+    def reached(t, y, args, **kwargs):
         del t, kwargs
-        return flow.speed(objective, y, args) < gtol
+        return flow.speed(objective, y, args) < target
 
     subs = [dfx.SubSaveAt(t1=True)]
     if ts is not None:
         subs.append(
             dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args))
         )
-    sol = dfx.diffeqsolve(
+    return dfx.diffeqsolve(
         flow.term(objective),
         solver,
-        t0=0.0,
+        t0=t0,
         t1=t1,
         dt0=dt0,
-        y0=params,
+        y0=y0,
         args=data,
         saveat=dfx.SaveAt(subs=subs),
         stepsize_controller=controller,
-        event=dfx.Event(converged),
+        event=dfx.Event(reached),
         max_steps=max_steps,
         throw=False,
     )
-    final = jtu.tree_map(lambda y: y[-1], sol.ys[0])
+
+
+def _flow_result(
+    flow,
+    objective,
+    params,
+    final,
+    data,
+    solver,
+    *,
+    t_final,
+    accepted,
+    rejected,
+    code,
+    jumps=0,
+    jump_cost=0,
+    ts=None,
+    diagnostics=None,
+) -> FlowResult:
+    """The `FlowResult` of a flow from `params` that ended at `final` with status
+    index `code` (overridden by `nonfinite` where anything is NaN or inf)."""
     loss = objective(final, data)
-    grad_norm = flow.speed(objective, final, data)
-    status = _status(sol.result, all_finite((final, loss, grad_norm)))
-    num_steps = sol.stats["num_accepted_steps"]
-    num_rejected = sol.stats["num_rejected_steps"]
+    speed = flow.speed(objective, final, data)
+    status = Status.where(
+        all_finite((final, loss, speed)), status_from_code(code), Status.nonfinite
+    )
     return FlowResult(
         init=objective.model(params),
         model=objective.model(final),
         loss=loss,
-        grad_norm=grad_norm,
-        t_final=sol.ts[0][-1],
-        num_steps=num_steps,
-        num_rejected=num_rejected,
-        num_vf_evals=count_evals(solver, num_steps + num_rejected),
+        grad_norm=speed,
+        t_final=t_final,
+        num_steps=accepted,
+        num_rejected=rejected,
+        num_vf_evals=count_evals(solver, accepted + rejected) + jumps * jump_cost,
         status=status,
-        num_jumps=jnp.asarray(0),
-        ts=None if ts is None else sol.ts[1],
-        diagnostics=None if ts is None else sol.ys[1],
+        num_jumps=jnp.asarray(jumps),
+        ts=ts,
+        diagnostics=diagnostics,
     )
 
 
@@ -188,26 +255,10 @@ def _solve_with_tail(
 
     def phase(carry):
         t, y, accepted, rejected, jumps, target, code, _ = carry
-
-        def reached(t, y, args, **kwargs):
-            del t, kwargs
-            return flow.speed(objective, y, args) < target
-
-        sol = dfx.diffeqsolve(
-            flow.term(objective),
-            solver,
-            t0=t,
-            t1=t1,
-            dt0=dt0,
-            y0=y,
-            args=data,
-            saveat=dfx.SaveAt(t1=True),
-            stepsize_controller=controller,
-            event=dfx.Event(reached),
-            max_steps=max_steps,
-            throw=False,
+        sol = _integrate(
+            flow, objective, y, data, solver, controller, t, t1, dt0, max_steps, target
         )
-        y = jtu.tree_map(lambda a: a[-1], sol.ys)
+        y = jtu.tree_map(lambda a: a[-1], sol.ys[0])
         accepted = accepted + sol.stats["num_accepted_steps"]
         rejected = rejected + sol.stats["num_rejected_steps"]
         finished = sol.result != dfx.RESULTS.event_occurred
@@ -215,21 +266,14 @@ def _solve_with_tail(
         jumped, ok = tail.jump(flow, objective, y, data, gtol)
         ok = try_jump & ok
         y = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), jumped, y)
+        done = jnp.where(ok | ~try_jump, STATUS_CODE["converged"], -1)
+        code = jnp.where(finished, _result_code(sol.result), done)
         code = jnp.where(
-            finished, _result_code(sol.result), jnp.where(ok | ~try_jump, 0, -1)
+            accepted + rejected >= max_steps, STATUS_CODE["step_limit"], code
         )
-        code = jnp.where(accepted + rejected >= max_steps, 1, code)
         target = jnp.maximum(target / tail.retry, gtol)
-        return (
-            sol.ts[-1],
-            y,
-            accepted,
-            rejected,
-            jumps + try_jump,
-            target,
-            code,
-            code >= 0,
-        )
+        t = sol.ts[0][-1]
+        return t, y, accepted, rejected, jumps + try_jump, target, code, code >= 0
 
     zero = jnp.asarray(0)
     start = (
@@ -245,21 +289,19 @@ def _solve_with_tail(
     t_final, final, accepted, rejected, jumps, _, code, _ = jax.lax.while_loop(
         lambda c: ~c[-1], phase, start
     )
-    loss = objective(final, data)
-    speed = flow.speed(objective, final, data)
-    finite = all_finite((final, loss, speed))
-    return FlowResult(
-        init=objective.model(params),
-        model=objective.model(final),
-        loss=loss,
-        grad_norm=speed,
+    return _flow_result(
+        flow,
+        objective,
+        params,
+        final,
+        data,
+        solver,
         t_final=t_final,
-        num_steps=accepted,
-        num_rejected=rejected,
-        num_vf_evals=count_evals(solver, accepted + rejected)
-        + jumps * tail.cost(objective.model(params), data, flow),
-        status=Status.where(finite, status_from_code(code), Status.nonfinite),
-        num_jumps=jumps,
+        accepted=accepted,
+        rejected=rejected,
+        code=code,
+        jumps=jumps,
+        jump_cost=tail.cost(objective.model(params), data, flow),
     )
 
 
@@ -269,29 +311,20 @@ def all_finite(tree) -> Bool[Array, ""]:
 
 
 def _result_code(result: dfx.RESULTS):
-    """Diffrax's end of a solve as an index into STATUS_NAMES (no event: 0 never)."""
-    return jnp.where(
-        result == dfx.RESULTS.max_steps_reached,
-        1,
-        jnp.where(result == dfx.RESULTS.successful, 2, 4),
-    )
-
-
-def _status(result: dfx.RESULTS, finite) -> Status:
-    status = Status.where(
-        result == dfx.RESULTS.event_occurred,
-        Status.converged,
-        Status.where(
+    """How a `diffeqsolve` ended, as an index into STATUS_NAMES."""
+    return jnp.select(
+        [
+            result == dfx.RESULTS.event_occurred,
             result == dfx.RESULTS.max_steps_reached,
-            Status.step_limit,
-            Status.where(
-                result == dfx.RESULTS.successful,
-                Status.time_limit,
-                Status.solver_failure,
-            ),
-        ),
+            result == dfx.RESULTS.successful,
+        ],
+        [
+            STATUS_CODE["converged"],
+            STATUS_CODE["step_limit"],
+            STATUS_CODE["time_limit"],
+        ],
+        STATUS_CODE["solver_failure"],
     )
-    return Status.where(finite, status, Status.nonfinite)
 
 
 def count_evals(solver, steps_tried):
