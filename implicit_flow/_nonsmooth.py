@@ -75,9 +75,7 @@ class FilippovFlow(AbstractFlow):
                 f"FilippovFlow needs a ReLUNeuron or TwoLayerReLU, got {type(model).__name__}"
             )
         hidden, v, has_bias = hidden_layer(model)
-        x = data.x
-        if has_bias:
-            x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+        x = layer_inputs(data.x, has_bias)
         z = x @ hidden.T  # (n, m)
         r = jax.grad(objective.loss)(jax.vmap(model)(data.x), data.y)  # dL/df(x_i)
         alpha = model.negative_slope
@@ -90,7 +88,9 @@ class FilippovFlow(AbstractFlow):
         if u.shape[1] < KINKS:  # fewer data points: pad with kinks that do nothing
             pad = KINKS - u.shape[1]
             u, target, free = (
-                jnp.concatenate([a, jnp.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype)], axis=1)
+                jnp.concatenate(
+                    [a, jnp.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype)], axis=1
+                )
                 for a in (u, target, free)
             )
         a = _min_norm_slopes(c, u, target, free, alpha)
@@ -119,12 +119,18 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
         ok = jnp.ones(c.shape[0], bool)
         if open_:
             # G_FF a_F = -(h_F + G_FB a_B), by Cramer's rule
-            rhs = [-(h[i] + sum(g[i][j] * face[j] for j in range(k) if j not in open_)) for i in open_]
+            rhs = [
+                -(h[i] + sum(g[i][j] * face[j] for j in range(k) if j not in open_))
+                for i in open_
+            ]
             sub = [[g[i][j] for j in open_] for i in open_]
             det = _det(sub)
             safe = jnp.where(det == 0, 1.0, det)
             for col, i in enumerate(open_):
-                a[i] = _det([row[:col] + [r] + row[col + 1 :] for row, r in zip(sub, rhs)]) / safe
+                a[i] = (
+                    _det([row[:col] + [r] + row[col + 1 :] for row, r in zip(sub, rhs)])
+                    / safe
+                )
                 ok = ok & free[:, i] & (a[i] >= lo - 1e-12) & (a[i] <= 1 + 1e-12)
             ok = ok & (jnp.abs(det) > 1e-12 * scale ** len(open_))
         a = [jnp.clip(ai, lo, 1.0) for ai in a]
@@ -147,6 +153,13 @@ def _det(m: list[list[Array]]) -> Array:
         - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
     )
+
+
+def layer_inputs(x: Float[Array, "n d"], has_bias: bool) -> Float[Array, "n p"]:
+    """The rows [x_i; 1] that multiply [w_j; b_j] (x itself without a bias)."""
+    if not has_bias:
+        return x
+    return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
 
 
 def hidden_layer(model) -> tuple[Float[Array, "m p"], Float[Array, " m"], bool]:

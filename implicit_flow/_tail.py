@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._nonsmooth import FilippovFlow, hidden_layer, KINKS
+from ._nonsmooth import FilippovFlow, hidden_layer, KINKS, layer_inputs
 from ._objective import AbstractFlow, Objective
 from .models import LinearPredictor, ReLUNeuron, TwoLayerReLU
 
@@ -138,7 +138,5 @@ def _preactivations(
 ) -> tuple[Float[Array, "n m"], Float[Array, " n"]]:
     """z_ij and the norms of the rows [x_i; 1] (or x_i without bias)."""
     hidden, _, has_bias = hidden_layer(model)
-    x = data.x
-    if has_bias:
-        x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+    x = layer_inputs(data.x, has_bias)
     return x @ hidden.T, jnp.linalg.norm(x, axis=1)
