@@ -91,11 +91,16 @@ class _Problem(eqx.Module):
     def term(self) -> dfx.ODETerm:
         return self.flow.term(self.objective)
 
+    @property
+    def stepping(self) -> tuple[dfx.AbstractSolver, dfx.AbstractStepSizeController]:
+        return self.flow.integrator(self.objective, self.solver, self.controller)
+
     def start(self, index: Int[Array, ""], y0: Params) -> _Lane:
         """A lane at t = 0, initialized as `diffeqsolve` does."""
-        term, order = self.term, self.solver.error_order(self.term)
-        tnext, controller_state = self.controller.init(
-            term, 0.0, self.t1, y0, self.dt0, self.data, self.solver.func, order
+        (solver, controller), term = self.stepping, self.term
+        order = solver.error_order(term)
+        tnext, controller_state = controller.init(
+            term, 0.0, self.t1, y0, self.dt0, self.data, solver.func, order
         )
         tnext = jnp.minimum(tnext, self.t1)
         zero = jnp.asarray(0)
@@ -105,7 +110,7 @@ class _Problem(eqx.Module):
             tprev=jnp.zeros_like(tnext),
             tnext=tnext,
             y=y0,
-            solver_state=self.solver.init(term, 0.0, tnext, y0, self.data),
+            solver_state=solver.init(term, 0.0, tnext, y0, self.data),
             controller_state=controller_state,
             made_jump=jnp.asarray(False),
             accepted=zero,
@@ -118,8 +123,9 @@ class _Problem(eqx.Module):
 
     def step(self, lane: _Lane) -> _Lane:
         """One solver step with step-size adaptation, as in Diffrax's own loop."""
-        term, order = self.term, self.solver.error_order(self.term)
-        y, y_error, _, solver_state, solver_result = self.solver.step(
+        (solver, controller), term = self.stepping, self.term
+        order = solver.error_order(term)
+        y, y_error, _, solver_state, solver_result = solver.step(
             term,
             lane.tprev,
             lane.tnext,
@@ -130,7 +136,7 @@ class _Problem(eqx.Module):
         )
         y_error = jtu.tree_map(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), y_error)
         keep, tprev, tnext, made_jump, controller_state, controller_result = (
-            self.controller.adapt_step_size(
+            controller.adapt_step_size(
                 lane.tprev,
                 lane.tnext,
                 lane.y,

@@ -22,6 +22,7 @@ $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `KINKS` = 3 per 
 
 import itertools
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Params
 from ._data import Dataset
+from ._kinks import KinkSolver, LandOnKinks
 from ._objective import AbstractFlow, Objective
 from .models import ReLUNeuron, TwoLayerReLU
 
@@ -53,35 +55,70 @@ class FilippovFlow(AbstractFlow):
 
     band: float = eqx.field(static=True, default=1e-8)
     pull: float = eqx.field(static=True, default=1.0)
+    land: bool = eqx.field(static=True, default=True)
+
+    def pre_activations(
+        self, objective: Objective, params: Params, data: Dataset
+    ) -> Float[Array, "n m"]:
+        """$z_{ij} = w_j^\\top x_i (+ b_j)$."""
+        hidden, _, has_bias = hidden_layer(_checked(objective.model(params)))
+        return layer_inputs(data.x, has_bias) @ hidden.T
+
+    def sides(self, z: Float[Array, "n m"]) -> Int[Array, "n m"]:
+        """1 above the band, -1 below it, 0 inside (a free slope)."""
+        return jnp.where(z > self.band, 1, jnp.where(z < -self.band, -1, 0))
+
+    def integrator(self, objective, solver, controller):
+        """With `land` (default), `KinkSolver` and `LandOnKinks` around the pair."""
+        if not self.land:
+            return solver, controller
+        surfaces = lambda params, data: self.pre_activations(objective, params, data)
+        solver = KinkSolver(
+            solver,
+            lambda params, data: self.sides(surfaces(params, data)),
+            lambda params, data, sides: self.velocity(objective, params, data, sides),
+        )
+        if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
+            controller = LandOnKinks(controller, surfaces, self.band)
+        return solver, controller
 
     def kinks(
-        self, z: Float[Array, "n m"]
+        self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
-        """Per neuron, the `KINKS` entries nearest their kink (fewer if n is smaller):
-        indices, z, and which of them lie within `band` (those get a free slope)."""
-        # repeated argmins: XLA's top_k is ~20x slower on CPU for this shape
-        size, near = jnp.abs(z), []
+        """Per neuron, the `KINKS` `free` entries nearest their kink (fewer if n is
+        smaller): indices, z, and which of them are free (those get a free slope)."""
+        # repeated argmins: XLA's top_k is ~20x slower on CPU for this shape;
+        # free entries rank first, then the others (distinct indices either way)
+        size = jnp.abs(z) / (1 + jnp.abs(z)) + jnp.where(free, 0.0, 1.0)
+        near = []
         for _ in range(min(KINKS, z.shape[0])):
             near.append(jnp.argmin(size, axis=0))
             size = jnp.where(jnp.arange(z.shape[0])[:, None] == near[-1], jnp.inf, size)
         near = jnp.stack(near, axis=1)
         zk = jnp.take_along_axis(z.T, near, axis=1)
-        return near, zk, jnp.abs(zk) < self.band
+        return near, zk, jnp.take_along_axis(free.T, near, axis=1)
 
-    def velocity(self, objective: Objective, params: Params, data: Dataset) -> Params:
-        model = objective.model(params)
-        if not isinstance(model, ReLUNeuron | TwoLayerReLU):
-            raise ValueError(
-                f"FilippovFlow needs a ReLUNeuron or TwoLayerReLU, got {type(model).__name__}"
-            )
+    def velocity(
+        self,
+        objective: Objective,
+        params: Params,
+        data: Dataset,
+        sides: Int[Array, "n m"] | None = None,
+    ) -> Params:
+        """The minimal-norm velocity; with `sides` (a step's start, see `KinkSolver`),
+        entries off the band keep the slope of their side wherever z is."""
+        model = _checked(objective.model(params))
         hidden, v, has_bias = hidden_layer(model)
         x = layer_inputs(data.x, has_bias)
         z = x @ hidden.T  # (n, m)
-        r = jax.grad(objective.loss)(jax.vmap(model)(data.x), data.y)  # dL/df(x_i)
+        sides = self.sides(z) if sides is None else sides
         alpha = model.negative_slope
-        near, zk, free = self.kinks(z)
+        act = jnp.where(sides > 0, z, jnp.where(sides < 0, alpha * z, jnp.maximum(z, alpha * z)))
+        r = jax.grad(objective.loss)(act @ v, data.y)  # dL/df(x_i)
+        near, zk, free = self.kinks(z, sides == 0)
         onehot = (near[:, :, None] == jnp.arange(z.shape[0])) & free[:, :, None]
-        slope = jnp.where(jnp.any(onehot, axis=1), 0.0, jnp.where(z.T > 0, 1.0, alpha))
+        off = jnp.where(sides == 0, jnp.where(z > 0, 1.0, alpha), jnp.where(sides > 0, 1.0, alpha))
+        slope = jnp.where(jnp.any(onehot, axis=1), 0.0, off.T)
         c = (slope * v[:, None] * r[None, :]) @ x  # (m, p): gradient off the kinks
         u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
         target = jnp.where(free, self.pull * zk * r[near] * v[:, None], 0.0)
@@ -95,8 +132,16 @@ class FilippovFlow(AbstractFlow):
             )
         a = _min_norm_slopes(c, u, target, free, alpha)
         grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
-        grad_v = jnp.maximum(z, alpha * z).T @ r
+        grad_v = act.T @ r
         return _as_params(model, params, -grad_hidden, -grad_v)
+
+
+def _checked(model):
+    if not isinstance(model, ReLUNeuron | TwoLayerReLU):
+        raise ValueError(
+            f"FilippovFlow needs a ReLUNeuron or TwoLayerReLU, got {type(model).__name__}"
+        )
+    return model
 
 
 def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:

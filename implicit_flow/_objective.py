@@ -59,6 +59,16 @@ class AbstractFlow(eqx.Module):
         """$\\|F(\\theta)\\|_2$: the steady-state test compares it with `gtol`."""
         return tree_norm(self.velocity(objective, params, data))
 
+    def integrator(
+        self,
+        objective: Objective,
+        solver: dfx.AbstractSolver,
+        controller: dfx.AbstractStepSizeController,
+    ) -> tuple[dfx.AbstractSolver, dfx.AbstractStepSizeController]:
+        """The solver and controller this flow is stepped with (here: as given)."""
+        del objective
+        return solver, controller
+
     def term(self, objective: Objective) -> dfx.ODETerm:
         """The Diffrax term; the data enters as the solve's `args`."""
         return dfx.ODETerm(lambda t, y, data: self.velocity(objective, y, data))

@@ -191,6 +191,7 @@ def _integrate(
         subs.append(
             dfx.SubSaveAt(ts=ts, fn=lambda t, y, args: diagnose(objective, y, args))
         )
+    solver, controller = flow.integrator(objective, solver, controller)
     return dfx.diffeqsolve(
         flow.term(objective),
         solver,

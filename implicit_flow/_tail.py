@@ -71,7 +71,8 @@ class TailJump(eqx.Module):
         relu = isinstance(model, ReLUNeuron | TwoLayerReLU)
         sliding = relu and isinstance(flow, FilippovFlow)
         if sliding:
-            near, _, kinks = flow.kinks(_preactivations(model, data)[0])
+            z = _preactivations(model, data)[0]
+            near, _, kinks = flow.kinks(z, flow.sides(z) == 0)
 
         def rows(theta):
             m = objective.model(unravel(theta))
