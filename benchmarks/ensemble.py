@@ -54,19 +54,26 @@ def workload(name: str):
 
 
 def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
-    """Lane-steps LanePool spends on members with `steps` tried steps each (its schedule replayed)."""
+    """Lane-steps LanePool spends on members with `steps` tried steps each (its
+    schedule replayed: refills every `refill_every` steps, then the narrow pool of
+    max(lanes // 8, 4) lanes once nothing is pending and few lanes are busy)."""
     pending = list(steps[::-1])
-    remaining = np.zeros(min(lanes, len(steps)), dtype=np.int64)
+    width = min(lanes, len(steps))
+    narrow = max(width // 8, 4)
+    remaining = np.zeros(width, dtype=np.int64)
     busy = np.zeros_like(remaining, dtype=bool)
-    rounds = 0
+    total = 0
     while pending or busy.any():
         for lane in np.flatnonzero(~busy):
             if pending:
                 remaining[lane], busy[lane] = pending.pop(), True
         remaining[busy] -= refill_every
         busy &= remaining > 0
-        rounds += 1
-    return rounds * refill_every * len(remaining)
+        total += refill_every * len(remaining)
+        if not pending and narrow < len(remaining) and busy.sum() <= narrow:
+            keep = np.argsort(~busy, kind="stable")[:narrow]
+            remaining, busy = remaining[keep], busy[keep]
+    return total
 
 
 def run(engine, tail, flow, args, model, data, sampler, key):
@@ -103,7 +110,11 @@ def main():
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--lanes", type=int, default=256)
     parser.add_argument("--refill-every", type=int, default=16)
-    parser.add_argument("--engines", default="pool+tail,pool,vmap")
+    parser.add_argument(
+        "--engines",
+        default="pool+tail,pool,vmap",
+        help="comma-separated; a '-noland' suffix steps FilippovFlow without landing",
+    )
     parser.add_argument("--filippov", action="store_true", help="FilippovFlow (W2)")
     parser.add_argument(
         "--no-warmup",
@@ -117,6 +128,14 @@ def main():
         default=256,
         help="members checked against exact_flow (W1)",
     )
+    parser.add_argument(
+        "--reference",
+        type=int,
+        default=0,
+        help="W2: members re-solved as a reference (FilippovFlow without landing, "
+        "rtol 1e-12, atol 1e-14, gtol 1e-9)",
+    )
+    parser.add_argument("--save", help="write statuses, steps and limits to this .npz")
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
     print(
@@ -129,11 +148,14 @@ def main():
         "pool": (pool, None),
         "vmap": (imf.PlainVmap(), None),
     }
-    flow = imf.FilippovFlow() if args.filippov else imf.GradientFlow()
+    flows = {True: imf.GradientFlow(), False: imf.GradientFlow()}
+    if args.filippov:  # "-noland": the same without KinkSolver / LandOnKinks
+        flows = {True: imf.FilippovFlow(), False: imf.FilippovFlow(land=False)}
     rows, results = [], {}
     for name in args.engines.split(","):
+        base = name.removesuffix("-noland")
         result, wall, first = run(
-            *engines[name], flow, args, model, data, sampler, jr.key(0)
+            *engines[base], flows[base == name], args, model, data, sampler, jr.key(0)
         )
         results[name] = result
         tried = np.asarray(result.num_steps + result.num_rejected)
@@ -188,6 +210,21 @@ def main():
         print(
             f"max |limit({a}) - limit({b})| over {int(both.sum())} members converged in both: {diff:.2e}"
         )
+    if args.save:
+        np.savez(
+            args.save,
+            **{
+                f"{name}_{field}": np.asarray(value)
+                for name, result in results.items()
+                for field, value in [
+                    ("status", imf.status_names(result.status)),
+                    ("steps", result.num_steps + result.num_rejected),
+                    ("loss", result.loss),
+                ]
+            },
+        )
+    if args.workload == "W2" and args.reference:
+        check_reference(args, model, data, sampler, results)
     if args.workload == "W1" and args.check_exact:
         k = min(args.check_exact, args.num)
         exact = np.stack(
@@ -205,6 +242,43 @@ def main():
             print(
                 f"{name}: error vs exact_flow over the first {k} members: max {error.max():.2e}, median {np.median(error):.2e}"
             )
+
+
+def check_reference(args, model, data, sampler, results):
+    """Limits against a tighter solve by the other stepping (no landing)."""
+    k = min(args.reference, args.num)
+    reference = imf.solve_ensemble(
+        model,
+        data,
+        sampler,
+        key=jr.key(0),
+        num=k,
+        loss=imf.MeanSquareLoss(),
+        flow=imf.FilippovFlow(land=False),
+        stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-14),
+        gtol=1e-9,
+        max_steps=100_000,
+        engine=imf.LanePool(lanes=min(k, args.lanes)),
+    )
+    for name, result in results.items():
+        both = np.asarray(
+            (reference.status == imf.Status.converged)
+            & (result.status[:k] == imf.Status.converged)
+        )
+        error = np.max(
+            [
+                np.max(np.abs(np.asarray(a[:k]) - np.asarray(b)).reshape(k, -1), axis=1)
+                for a, b in zip(
+                    jax.tree.leaves(result.model), jax.tree.leaves(reference.model)
+                )
+            ],
+            axis=0,
+        )[both]
+        print(
+            f"{name}: limit vs reference over {both.sum()}/{k} members (both converged): "
+            f"max {error.max():.2e}, median {np.median(error):.2e}, "
+            f"> 1e-6: {int(np.sum(error > 1e-6))}"
+        )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,14 @@ from ._gd import (
     GDResult as GDResult,
     run_gd as run_gd,
 )
+from ._kinks import KinkSolver as KinkSolver, LandOnKinks as LandOnKinks
 from ._loss import (
     AbstractLoss as AbstractLoss,
     MeanSquareLoss as MeanSquareLoss,
     SumSquareLoss as SumSquareLoss,
 )
 from ._modified import ModifiedGradientFlow as ModifiedGradientFlow
-from ._nonsmooth import FilippovFlow as FilippovFlow
+from ._nonsmooth import FilippovFlow as FilippovFlow, Pieces as Pieces
 from ._objective import (
     AbstractFlow as AbstractFlow,
     GradientFlow as GradientFlow,

@@ -354,13 +354,13 @@ def _pool_loop(
 ) -> FlowResult:
     lanes = min(lanes, num)
     y_like = source(jnp.asarray(0))
-    idle = jax.vmap(
+    idle = lambda width: jax.vmap(
         lambda i: eqx.tree_at(
             lambda l: (l.index, l.code),
             problem.start(i, y_like),
             (jnp.asarray(num), jnp.asarray(_IDLE)),
         )
-    )(jnp.zeros(lanes, int))
+    )(jnp.zeros(width, int))
     outputs = (
         jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
         jnp.zeros(num),
@@ -371,9 +371,9 @@ def _pool_loop(
     )
 
     def jump(lane: _Lane) -> _Lane:
-        """Jump up to `lanes // 8` lanes waiting in their tail (the rest wait a round)."""
+        """Jump up to 1/8 of the lanes waiting in their tail (the rest wait a round)."""
         want = lane.code == _JUMP
-        _, pick = jax.lax.top_k(want.astype(jnp.int32), max(lanes // 8, 1))
+        _, pick = jax.lax.top_k(want.astype(jnp.int32), max(want.shape[0] // 8, 1))
         chosen = want[pick]
         y = jtu.tree_map(lambda a: a[pick], lane.y)
         jumped, ok = jax.vmap(problem.tail.jump, in_axes=(None, None, 0, None, None))(
@@ -434,13 +434,13 @@ def _pool_loop(
         def fresh():
             return jax.vmap(lambda i: problem.start(i, source(offset + i)))(index)
 
-        started = jax.lax.cond(jnp.any(load), fresh, lambda: idle)
+        started = jax.lax.cond(jnp.any(load), fresh, lambda: idle(load.shape[0]))
         pick = lambda a, b, c: jnp.where(
             load.reshape(-1, *[1] * (a.ndim - 1)),
             a,
             jnp.where(needs.reshape(-1, *[1] * (a.ndim - 1)), b, c),
         )
-        lane = jtu.tree_map(pick, started, idle, lane)
+        lane = jtu.tree_map(pick, started, idle(load.shape[0]), lane)
         return lane, jnp.minimum(next_index + jnp.sum(needs), num), outputs
 
     def body(carry):
@@ -450,12 +450,28 @@ def _pool_loop(
         )
         return lane, next_index, outputs
 
+    # Once no member is pending and at most `narrow` lanes are busy, those move to
+    # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
+    # that runs to max_steps) then no longer pay for the whole pool's width. (Not
+    # below 4 lanes: XLA rounds narrower batches differently, by ~1e-12.)
+    narrow = max(lanes // 8, 4)
+
+    def wide(carry):
+        lane, next_index, _ = carry
+        return (next_index < num) | (jnp.sum(lane.code != _IDLE) > narrow)
+
     def cond(carry):
         lane, next_index, _ = carry
         return (next_index < num) | jnp.any(lane.code != _IDLE)
 
+    lane, next_index, outputs = jax.lax.while_loop(
+        wide, body, (idle(lanes), jnp.asarray(0), outputs)
+    )
+    if narrow < lanes:
+        busy = jnp.argsort(lane.code == _IDLE, stable=True)[:narrow]
+        lane = jtu.tree_map(lambda a: a[busy], lane)
     _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(
-        cond, body, (idle, jnp.asarray(0), outputs)
+        cond, body, (lane, next_index, outputs)
     )
     return _assemble(problem, source, offset, ys, ts, acc, rej, jumps, codes)
 

@@ -25,22 +25,23 @@ from collections.abc import Callable
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, PyTree
 
 from ._custom_types import Params
 from ._data import Dataset
 
 
 class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
-    """Final. `solver`, with the field of each step frozen on the start's sides.
+    """Final. `solver`, with the field of each step frozen on the start's pieces.
 
-    Fields: `solver`; `sides`, (params, data) -> the (n, m) sides in {-1, 0, 1};
-    `field`, (params, data, sides) -> the velocity on those sides.
+    Fields: `solver`; `freeze`, (params, data) -> the pieces at the step's start
+    (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free entries);
+    `field`, (params, data, pieces) -> the velocity on those pieces.
     """
 
     solver: dfx.AbstractSolver
-    sides: Callable[[Params, Dataset], Int[Array, "n m"]]
-    field: Callable[[Params, Dataset, Int[Array, "n m"]], Params]
+    freeze: Callable[[Params, Dataset], PyTree]
+    field: Callable[[Params, Dataset, PyTree], Params]
 
     @property
     def term_structure(self):
@@ -61,8 +62,8 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del terms
-        sides = self.sides(y0, args)
-        frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, sides))
+        pieces = self.freeze(y0, args)
+        frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, pieces))
         return self.solver.step(frozen, t0, t1, y0, args, solver_state, made_jump)
 
     def func(self, terms, t0, y0, args):
@@ -103,10 +104,14 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         return self.controller.norm
 
     def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
+        return eqx.tree_at(
+            lambda c: c.controller, self, self.controller.wrap(direction)
+        )
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        t1, inner = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        t1, inner = self.controller.init(
+            terms, t0, t1, y0, dt0, args, func, error_order
+        )
         return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False))
 
     def _side(self, z):
@@ -127,7 +132,11 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         crossed = side1 != side0
         late = jnp.any(crossed & (jnp.abs(z1 - edge) > slack))
         aim = edge + jnp.sign(dz) * slack / 2
-        first = jnp.min(jnp.where(crossed, (aim - z0) / _nonzero(dz), jnp.inf))
+        # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
+        # that parabola lands far short, so exits from the band take its root
+        frac = jnp.clip((aim - z0) / _nonzero(dz), 0.0, 1.0)
+        frac = jnp.where(side0 == 0, jnp.sqrt(frac), frac)
+        first = jnp.min(jnp.where(crossed, frac, jnp.inf))
         accept = keep & ~late
         # the next band edge ahead of the end point, along the step's secant
         velocity = dz / h
@@ -142,7 +151,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
             jnp.where(state.landing, jnp.maximum(proposal, state.want), proposal),
             jnp.where(keep, jnp.where(state.landing, state.want, h), proposal),
         )
-        limit = jnp.where(accept, jnp.min(ahead), jnp.clip(first, 0.0, 1.0) * h)
+        limit = jnp.where(accept, jnp.min(ahead), first * h)
         dt = jnp.maximum(jnp.minimum(base, limit), floor)
         landing = dt < base
         want = jnp.where(landing & state.landing, jnp.maximum(state.want, base), base)

@@ -17,7 +17,8 @@ $\\min_a \\|c_j + \\sum_k a_k u_{jk}\\|$ over $a \\in [\\alpha, 1]^K$, with
 $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and $c_j$ the
 gradient from all other entries. The box QP is solved exactly by enumerating its
 $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `KINKS` = 3 per neuron
-(on W2, flows that met 3 at once stalled when only 2 were allowed).
+(on W2, flows that met 3 at once stalled when only 2 were allowed; beyond the
+first 3 in the band, entries keep the slope of their sign).
 """
 
 import itertools
@@ -44,13 +45,17 @@ class FilippovFlow(AbstractFlow):
     Fields: `band`, the half-width of $|z_{ij}|$ within which a kink's slope is free
     (the accuracy of sliding is about `band`); `pull`, a rate $1/\\tau$ that aims a
     sliding pre-activation at $\\dot z = -z/\\tau$ instead of 0, so that integration
-    errors cannot walk it out of the band (default 1; 0 turns it off). At most
-    `KINKS` = 3 pre-activations of one neuron (the nearest 0) are kinks at once.
+    errors cannot walk it out of the band (default 1; 0 turns it off); `land`
+    (default True), step with `KinkSolver` and `LandOnKinks` (`integrator`), which
+    end steps at kink crossings instead of letting the controller shrink them to
+    ~1e-10 there (on W2: half the steps, a third of the evaluations per step). At
+    most `KINKS` = 3 pre-activations of one neuron are kinks at once.
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
     pre-activations out of it, and the solve chatters at the band's edge (on W2,
-    rtol 1e-8 / atol 1e-10 ended every flow at max_steps; 1e-10 / 1e-12 converged).
+    rtol 1e-10 / atol 1e-12 converged everywhere; 1e-8 / 1e-10 left some flows at
+    max_steps).
     """
 
     band: float = eqx.field(static=True, default=1e-8)
@@ -68,6 +73,12 @@ class FilippovFlow(AbstractFlow):
         """1 above the band, -1 below it, 0 inside (a free slope)."""
         return jnp.where(z > self.band, 1, jnp.where(z < -self.band, -1, 0))
 
+    def pieces(self, z: Float[Array, "n m"]) -> "Pieces":
+        """The sides of every entry and, per neuron, its free entries (see `kinks`)."""
+        sides = self.sides(z)
+        near, _, free = self.kinks(z, sides == 0)
+        return Pieces(sides, near, free)
+
     def integrator(self, objective, solver, controller):
         """With `land` (default), `KinkSolver` and `LandOnKinks` around the pair."""
         if not self.land:
@@ -75,8 +86,8 @@ class FilippovFlow(AbstractFlow):
         surfaces = lambda params, data: self.pre_activations(objective, params, data)
         solver = KinkSolver(
             solver,
-            lambda params, data: self.sides(surfaces(params, data)),
-            lambda params, data, sides: self.velocity(objective, params, data, sides),
+            lambda params, data: self.pieces(surfaces(params, data)),
+            lambda params, data, pieces: self.velocity(objective, params, data, pieces),
         )
         if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
             controller = LandOnKinks(controller, surfaces, self.band)
@@ -85,39 +96,48 @@ class FilippovFlow(AbstractFlow):
     def kinks(
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
-        """Per neuron, the `KINKS` `free` entries nearest their kink (fewer if n is
-        smaller): indices, z, and which of them are free (those get a free slope)."""
-        # repeated argmins: XLA's top_k is ~20x slower on CPU for this shape;
-        # free entries rank first, then the others (distinct indices either way)
-        size = jnp.abs(z) / (1 + jnp.abs(z)) + jnp.where(free, 0.0, 1.0)
-        near = []
-        for _ in range(min(KINKS, z.shape[0])):
-            near.append(jnp.argmin(size, axis=0))
-            size = jnp.where(jnp.arange(z.shape[0])[:, None] == near[-1], jnp.inf, size)
-        near = jnp.stack(near, axis=1)
-        zk = jnp.take_along_axis(z.T, near, axis=1)
-        return near, zk, jnp.take_along_axis(free.T, near, axis=1)
+        """Per neuron, its first `KINKS` `free` entries (fewer if n is smaller):
+        indices, z, and which of the slots are real (the others hold index 0)."""
+        # k-th free entry by a running count and a masked sum: argmin/top_k
+        # selections cost ~10x a whole gradient on XLA CPU for this shape
+        count = jnp.cumsum(free.T, axis=1)  # (m, n)
+        index = jnp.arange(z.shape[0])
+        slots = range(min(KINKS, z.shape[0]))
+        near = jnp.stack(
+            [
+                jnp.sum(jnp.where(free.T & (count == k + 1), index, 0), axis=1)
+                for k in slots
+            ],
+            axis=1,
+        )
+        real = jnp.stack([count[:, -1] > k for k in slots], axis=1)
+        return near, jnp.take_along_axis(z.T, near, axis=1), real
 
     def velocity(
         self,
         objective: Objective,
         params: Params,
         data: Dataset,
-        sides: Int[Array, "n m"] | None = None,
+        pieces: "Pieces | None" = None,
     ) -> Params:
-        """The minimal-norm velocity; with `sides` (a step's start, see `KinkSolver`),
-        entries off the band keep the slope of their side wherever z is."""
+        """The minimal-norm velocity; with `pieces` (a step's start, see `KinkSolver`),
+        entries off the band keep the slope of their side wherever z is, and the
+        free entries stay those of the start."""
         model = _checked(objective.model(params))
         hidden, v, has_bias = hidden_layer(model)
         x = layer_inputs(data.x, has_bias)
         z = x @ hidden.T  # (n, m)
-        sides = self.sides(z) if sides is None else sides
+        sides, near, free = self.pieces(z) if pieces is None else pieces
         alpha = model.negative_slope
-        act = jnp.where(sides > 0, z, jnp.where(sides < 0, alpha * z, jnp.maximum(z, alpha * z)))
+        act = jnp.where(
+            sides > 0, z, jnp.where(sides < 0, alpha * z, jnp.maximum(z, alpha * z))
+        )
         r = jax.grad(objective.loss)(act @ v, data.y)  # dL/df(x_i)
-        near, zk, free = self.kinks(z, sides == 0)
+        zk = jnp.take_along_axis(z.T, near, axis=1)
         onehot = (near[:, :, None] == jnp.arange(z.shape[0])) & free[:, :, None]
-        off = jnp.where(sides == 0, jnp.where(z > 0, 1.0, alpha), jnp.where(sides > 0, 1.0, alpha))
+        off = jnp.where(
+            sides == 0, jnp.where(z > 0, 1.0, alpha), jnp.where(sides > 0, 1.0, alpha)
+        )
         slope = jnp.where(jnp.any(onehot, axis=1), 0.0, off.T)
         c = (slope * v[:, None] * r[None, :]) @ x  # (m, p): gradient off the kinks
         u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
@@ -130,10 +150,25 @@ class FilippovFlow(AbstractFlow):
                 )
                 for a in (u, target, free)
             )
+        # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
+        c, u, target, free = jax.lax.optimization_barrier((c, u, target, free))
         a = _min_norm_slopes(c, u, target, free, alpha)
         grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
         grad_v = act.T @ r
         return _as_params(model, params, -grad_hidden, -grad_v)
+
+
+class Pieces(eqx.Module):
+    """Final. Where each pre-activation is: `sides` (n, m) in {-1, 0, 1} (below,
+    inside, above the band), and per neuron the indices `near` (m, K) of up to
+    `KINKS` entries with a free slope, `free` (m, K) marking the real ones."""
+
+    sides: Int[Array, "n m"]
+    near: Int[Array, "m k"]
+    free: Bool[Array, "m k"]
+
+    def __iter__(self):
+        return iter((self.sides, self.near, self.free))
 
 
 def _checked(model):

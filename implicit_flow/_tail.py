@@ -101,7 +101,7 @@ class TailJump(eqx.Module):
         held = jnp.zeros(_preactivations(model, data)[0].shape, bool)
         if sliding:  # entries held on their kink are exempt from the side test
             columns = jnp.arange(held.shape[1])[:, None]
-            held = held.T.at[columns, near].set(kinks).T
+            held = held.T.at[columns, near].max(kinks).T  # empty slots hold index 0
         z_of = lambda th: _preactivations(objective.model(unravel(th)), data)[0]
         side = jnp.sign(z_of(flat))
         near_enough = jnp.linalg.norm(theta - flat) <= self.radius

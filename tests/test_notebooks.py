@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
@@ -19,4 +20,3 @@ def test_notebook_runs_and_finds_the_papers_limit(path, capsys):
     # Theorem 3, gamma = 2: (5, -1, s) with s in (-0.12, -0.10)
     assert abs(float(w[0]) - 5) < 1e-8 and -0.12 < float(w[2]) < -0.10
     assert "of starts reach zero loss" in capsys.readouterr().out
-
