@@ -21,6 +21,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import diffrax as dfx  # noqa: E402
+import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
@@ -136,6 +137,13 @@ def main():
         "rtol 1e-12, atol 1e-14, gtol 1e-9)",
     )
     parser.add_argument("--save", help="write statuses, steps and limits to this .npz")
+    parser.add_argument(
+        "--retry-kinks",
+        type=int,
+        default=0,
+        help="W2: re-solve the members that ended at max_steps with "
+        "FilippovFlow(max_kinks=K) (timed, added to the first pass)",
+    )
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
     print(
@@ -210,6 +218,9 @@ def main():
         print(
             f"max |limit({a}) - limit({b})| over {int(both.sum())} members converged in both: {diff:.2e}"
         )
+    if args.retry_kinks:
+        for name in list(results):
+            results[name] = retry(args, name, model, data, sampler, results[name])
     if args.save:
         np.savez(
             args.save,
@@ -244,6 +255,35 @@ def main():
             )
 
 
+def retry(args, name, model, data, sampler, result):
+    """Members stalled at max_steps, solved again with more kinks per neuron."""
+    stalled = np.flatnonzero(np.asarray(result.status == imf.Status.step_limit))
+    if not len(stalled):
+        return result
+    inits = jax.tree.map(lambda a: a[stalled], result.init)
+    start = time.perf_counter()
+    again = imf.solve_ensemble(
+        model,
+        data,
+        inits,
+        loss=imf.MeanSquareLoss(),
+        flow=imf.FilippovFlow(max_kinks=args.retry_kinks),
+        stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
+        gtol=args.gtol,
+        max_steps=args.max_steps,
+        engine=imf.LanePool(lanes=min(len(stalled), args.lanes)),
+    )
+    again = jax.block_until_ready(again)
+    fixed = int(np.sum(np.asarray(again.status == imf.Status.converged)))
+    print(
+        f"{name}: retried {len(stalled)} members stalled at max_steps with "
+        f"max_kinks={args.retry_kinks}: {fixed} converged, "
+        f"{time.perf_counter() - start:.1f} s (compile included), members {stalled.tolist()}"
+    )
+    merge = lambda a, b: a.at[stalled].set(b) if eqx.is_array(a) else a
+    return jax.tree.map(merge, result, again)
+
+
 def check_reference(args, model, data, sampler, results):
     """Limits against a tighter solve by the other stepping (no landing)."""
     k = min(args.reference, args.num)
@@ -263,7 +303,7 @@ def check_reference(args, model, data, sampler, results):
     for name, result in results.items():
         both = np.asarray(
             (reference.status == imf.Status.converged)
-            & (result.status[:k] == imf.Status.converged)
+            & np.asarray(result.status == imf.Status.converged)[:k]
         )
         error = np.max(
             [

@@ -4,7 +4,9 @@
 so it costs n x max_i steps_i. `LanePool` instead keeps a fixed pool of lanes busy:
 every `refill_every` steps, lanes whose flow has ended hand their result to the
 output buffers and take the next pending initialization, so the cost is about
-sum_i steps_i / lanes iterations. The steps are Diffrax's own (`solver.step`,
+sum_i steps_i / lanes iterations. Once nothing is pending and few lanes are busy,
+those move to a pool 1/8 as wide, so stragglers do not keep the whole width
+running. The steps are Diffrax's own (`solver.step`,
 `controller.adapt_step_size`), taken exactly as `diffeqsolve` takes them, so each
 member's path is the one `solve_flow` computes alone.
 """
@@ -239,7 +241,8 @@ def _run_vmap(problem: _Problem, source: _Source, num: int) -> FlowResult:
 class LanePool(AbstractEnsembleEngine):
     """Final. A pool of `lanes` flows stepped together, refilled every `refill_every` steps.
 
-    Memory is set by the pool, not by num (beyond the results). With several
+    Memory is set by the pool, not by num (beyond the results). The last few
+    flows finish in a pool of max(lanes // 8, 4) lanes. With several
     `devices`, members are split into contiguous blocks and each device runs its
     own pool with `jax.shard_map`, with no collective inside the loop.
 

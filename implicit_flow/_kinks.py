@@ -133,9 +133,11 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         late = jnp.any(crossed & (jnp.abs(z1 - edge) > slack))
         aim = edge + jnp.sign(dz) * slack / 2
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
-        # that parabola lands far short, so exits from the band take its root
+        # that parabola lands far short, so exits from deep in the band take its
+        # root (a crossing passes through the band from a landing at its edge)
         frac = jnp.clip((aim - z0) / _nonzero(dz), 0.0, 1.0)
-        frac = jnp.where(side0 == 0, jnp.sqrt(frac), frac)
+        deep = (side0 == 0) & (jnp.abs(z0) < self.band / 2)
+        frac = jnp.where(deep, jnp.sqrt(frac), frac)
         first = jnp.min(jnp.where(crossed, frac, jnp.inf))
         accept = keep & ~late
         # the next band edge ahead of the end point, along the step's secant

@@ -16,9 +16,10 @@ the slopes, so the minimal norm separates over hidden neurons: for neuron j,
 $\\min_a \\|c_j + \\sum_k a_k u_{jk}\\|$ over $a \\in [\\alpha, 1]^K$, with
 $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and $c_j$ the
 gradient from all other entries. The box QP is solved exactly by enumerating its
-$3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `KINKS` = 3 per neuron
-(on W2, flows that met 3 at once stalled when only 2 were allowed; beyond the
-first 3 in the band, entries keep the slope of their sign).
+$3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `max_kinks` per neuron
+(default 3: on W2, flows that met 3 at once stalled when only 2 were allowed, and
+1.5 % of them meet 4; beyond the first `max_kinks` in the band, entries keep the
+slope of their sign).
 """
 
 import itertools
@@ -36,9 +37,6 @@ from ._objective import AbstractFlow, Objective
 from .models import ReLUNeuron, TwoLayerReLU
 
 
-KINKS = 3  # pre-activations of one neuron that may sit on their kinks at once
-
-
 class FilippovFlow(AbstractFlow):
     """Final. The minimal-norm subgradient flow of `ReLUNeuron` and `TwoLayerReLU` models.
 
@@ -48,8 +46,9 @@ class FilippovFlow(AbstractFlow):
     errors cannot walk it out of the band (default 1; 0 turns it off); `land`
     (default True), step with `KinkSolver` and `LandOnKinks` (`integrator`), which
     end steps at kink crossings instead of letting the controller shrink them to
-    ~1e-10 there (on W2: half the steps, a third of the evaluations per step). At
-    most `KINKS` = 3 pre-activations of one neuron are kinks at once.
+    ~1e-10 there (on W2: half the steps, a third of the evaluations per step);
+    `max_kinks` (1 to 4, default 3), how many pre-activations of one neuron may sit
+    on their kinks at once (the box QP has $3^K$ faces: 4 costs ~3x the QP of 3).
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -61,6 +60,15 @@ class FilippovFlow(AbstractFlow):
     band: float = eqx.field(static=True, default=1e-8)
     pull: float = eqx.field(static=True, default=1.0)
     land: bool = eqx.field(static=True, default=True)
+    max_kinks: int = eqx.field(static=True, default=3)
+
+    def __check_init__(self):
+        if not 1 <= self.max_kinks <= 4:
+            raise ValueError(f"max_kinks must be 1 to 4, got {self.max_kinks}")
+        if not self.band > 0 or not self.pull >= 0:
+            raise ValueError(
+                f"band must be positive and pull non-negative, got {self.band}, {self.pull}"
+            )
 
     def pre_activations(
         self, objective: Objective, params: Params, data: Dataset
@@ -96,13 +104,13 @@ class FilippovFlow(AbstractFlow):
     def kinks(
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
-        """Per neuron, its first `KINKS` `free` entries (fewer if n is smaller):
+        """Per neuron, its first `max_kinks` `free` entries (fewer if n is smaller):
         indices, z, and which of the slots are real (the others hold index 0)."""
         # k-th free entry by a running count and a masked sum: argmin/top_k
         # selections cost ~10x a whole gradient on XLA CPU for this shape
         count = jnp.cumsum(free.T, axis=1)  # (m, n)
         index = jnp.arange(z.shape[0])
-        slots = range(min(KINKS, z.shape[0]))
+        slots = range(min(self.max_kinks, z.shape[0]))
         near = jnp.stack(
             [
                 jnp.sum(jnp.where(free.T & (count == k + 1), index, 0), axis=1)
@@ -142,8 +150,8 @@ class FilippovFlow(AbstractFlow):
         c = (slope * v[:, None] * r[None, :]) @ x  # (m, p): gradient off the kinks
         u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
         target = jnp.where(free, self.pull * zk * r[near] * v[:, None], 0.0)
-        if u.shape[1] < KINKS:  # fewer data points: pad with kinks that do nothing
-            pad = KINKS - u.shape[1]
+        if u.shape[1] < self.max_kinks:  # fewer data points: pad with idle kinks
+            pad = self.max_kinks - u.shape[1]
             u, target, free = (
                 jnp.concatenate(
                     [a, jnp.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype)], axis=1
@@ -161,7 +169,7 @@ class FilippovFlow(AbstractFlow):
 class Pieces(eqx.Module):
     """Final. Where each pre-activation is: `sides` (n, m) in {-1, 0, 1} (below,
     inside, above the band), and per neuron the indices `near` (m, K) of up to
-    `KINKS` entries with a free slope, `free` (m, K) marking the real ones."""
+    `max_kinks` entries with a free slope, `free` (m, K) marking the real ones."""
 
     sides: Int[Array, "n m"]
     near: Int[Array, "m k"]
@@ -223,15 +231,14 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
 
 
 def _det(m: list[list[Array]]) -> Array:
-    """Determinant of a 1 x 1 to 3 x 3 matrix of arrays, written out (elementwise)."""
+    """Determinant of a small matrix of arrays, by cofactors (elementwise)."""
     if len(m) == 1:
         return m[0][0]
     if len(m) == 2:
         return m[0][0] * m[1][1] - m[0][1] * m[1][0]
-    return (
-        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    return sum(
+        (-1) ** j * m[0][j] * _det([row[:j] + row[j + 1 :] for row in m[1:]])
+        for j in range(len(m))
     )
 
 

@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._nonsmooth import FilippovFlow, hidden_layer, KINKS, layer_inputs
+from ._nonsmooth import FilippovFlow, hidden_layer, layer_inputs
 from ._objective import AbstractFlow, Objective
 from .models import LinearPredictor, ReLUNeuron, TwoLayerReLU
 
@@ -54,7 +54,7 @@ class TailJump(eqx.Module):
             model, ReLUNeuron | TwoLayerReLU
         ):
             width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
-            rows += width * min(KINKS, data.x.shape[0])
+            rows += width * min(flow.max_kinks, data.x.shape[0])
         return self.iterations * rows
 
     def jump(

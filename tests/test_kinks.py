@@ -58,3 +58,30 @@ def test_landing_keeps_the_exact_filippov_limit_with_fewer_rejections(y3):
         np.testing.assert_allclose(run.model.weight, exact.model.weight, atol=1e-7)
     # measured: 23 vs 64 and 38 vs 82 rejected steps
     assert 3 * int(runs[0].num_rejected) <= 2 * int(runs[1].num_rejected)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_min_norm_slopes_solve_the_box_qp(k):
+    # the closed-form face enumeration against quadprog, per neuron
+    import quadprog
+
+    from implicit_flow._nonsmooth import _min_norm_slopes
+
+    rng = np.random.default_rng(k)
+    m, p, lo = 40, 6, 0.1
+    c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
+    target = 0.3 * rng.normal(size=(m, k))
+    free = rng.random((m, k)) < 0.8
+    u = np.where(free[..., None], u, 0.0)
+    target = np.where(free, target, 0.0)
+    got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
+    for j in range(m):
+        g = u[j] @ u[j].T + 1e-12 * np.eye(k)
+        h = u[j] @ c[j] - target[j]
+        bounds = np.concatenate([np.eye(k), -np.eye(k)], axis=1)
+        a = quadprog.solve_qp(g, -h, bounds, np.r_[np.full(k, lo), -np.ones(k)])[0]
+        value = lambda a: a @ g @ a / 2 + h @ a
+        # slopes of entries that are not free do not matter; the objective does
+        assert value(got[j]) <= value(a) + 1e-10
+        np.testing.assert_allclose(got[j][free[j]], a[free[j]], atol=1e-7)
+        assert np.all(got[j] >= lo - 1e-12) and np.all(got[j] <= 1 + 1e-12)
