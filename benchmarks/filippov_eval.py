@@ -1,0 +1,72 @@
+"""Cost of one batched evaluation of the W2 vector field, side by side.
+
+    python benchmarks/filippov_eval.py
+
+`jax.grad`'s field (the obvious alternative, which stalls on W2), `FilippovFlow`'s
+field as the steady-state test evaluates it (pieces found from z), and as
+`KinkSolver`'s stages evaluate it (pieces frozen at the step's start), each for 256
+lanes of W2 with a band wide enough that every neuron has free entries. Ratios to the
+plain gradient are what to compare; absolute times drift.
+"""
+
+import os
+import time
+
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx  # noqa: E402
+import jax.random as jr  # noqa: E402
+from ensemble import workload  # noqa: E402
+
+import implicit_flow as imf  # noqa: E402
+
+
+def timed(fn, *args, repeat=20) -> float:
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(repeat):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeat
+
+
+def main():
+    model, data, sampler = workload("W2")
+    params = eqx.filter(imf.sample_inits(sampler, jr.key(0), 256, model), eqx.is_array)
+    objective = imf.Objective(
+        eqx.filter(model, eqx.is_inexact_array, inverse=True), imf.MeanSquareLoss()
+    )
+    rows = []
+    for band in (1e-8, 1e-1):
+        flow = imf.FilippovFlow(band=band)
+        pieces = jax.jit(
+            jax.vmap(lambda p: flow.pieces(flow.pre_activations(objective, p, data)))
+        )(params)
+        free = float(pieces.free.sum(axis=(1, 2)).mean())
+        fields = {
+            "jax.grad": jax.vmap(lambda p: objective.grad(p, data)),
+            "FilippovFlow": jax.vmap(lambda p: flow.velocity(objective, p, data)),
+            "FilippovFlow, frozen pieces": jax.vmap(
+                lambda p, pc: flow.velocity(objective, p, data, pc)
+            ),
+        }
+        for name, field in fields.items():
+            args = (params, pieces) if "frozen" in name else (params,)
+            rows.append((band, free, name, timed(jax.jit(field), *args)))
+    base = {band: t for band, _, name, t in rows if name == "jax.grad"}
+    print("| band | free entries per lane | field | ms per 256 lanes | x jax.grad |")
+    print("|---|---|---|---|---|")
+    for band, free, name, t in rows:
+        print(
+            f"| {band:g} | {free:.0f} | {name} | {1e3 * t:.2f} | {t / base[band]:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
