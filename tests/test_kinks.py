@@ -85,3 +85,16 @@ def test_min_norm_slopes_solve_the_box_qp(k):
         assert value(got[j]) <= value(a) + 1e-10
         np.testing.assert_allclose(got[j][free[j]], a[free[j]], atol=1e-7)
         assert np.all(got[j] >= lo - 1e-12) and np.all(got[j] <= 1 + 1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_kinks": 5}, "max_kinks"),
+        ({"band": 0.0}, "band"),
+        ({"pull": -1.0}, "pull"),
+    ],
+)
+def test_filippov_flow_rejects_bad_settings(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        imf.FilippovFlow(**kwargs)
