@@ -11,7 +11,8 @@ grow back (on W2 that was 2/3 of all tried steps). Here instead
   overshoot a kink do not see its jump;
 - `LandOnKinks` reads the crossings off the step's end points: a step that
   passed a band edge by more than `slack` is rejected and retaken up to the
-  crossing (secant on the linear interpolation of z), and after an accepted step
+  crossing (secant on the linear interpolation of z; for a tangential exit from
+  deep inside the band, the root of a parabola), and after an accepted step
   the next one is clipped to the predicted time of the next crossing; the
   controller's own step size is remembered and restored after the landing.
 
