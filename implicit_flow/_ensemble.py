@@ -357,13 +357,22 @@ def _pool_loop(
 ) -> FlowResult:
     lanes = min(lanes, num)
     y_like = source(jnp.asarray(0))
-    idle = lambda width: jax.vmap(
-        lambda i: eqx.tree_at(
-            lambda l: (l.index, l.code),
-            problem.start(i, y_like),
-            (jnp.asarray(num), jnp.asarray(_IDLE)),
-        )
-    )(jnp.zeros(width, int))
+    # Once no member is pending and at most `narrow` lanes are busy, those move to
+    # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
+    # that runs to max_steps) then no longer pay for the whole pool's width. (Not
+    # below 4 lanes: XLA rounds narrower batches differently, by ~1e-12.)
+    narrow = max(lanes // 8, 4)
+    # blank lanes of either width, built once (outside the loops)
+    idle = {
+        width: jax.vmap(
+            lambda i: eqx.tree_at(
+                lambda l: (l.index, l.code),
+                problem.start(i, y_like),
+                (jnp.asarray(num), jnp.asarray(_IDLE)),
+            )
+        )(jnp.zeros(width, int))
+        for width in {lanes, min(narrow, lanes)}
+    }
     outputs = (
         jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
         jnp.zeros(num),
@@ -437,13 +446,14 @@ def _pool_loop(
         def fresh():
             return jax.vmap(lambda i: problem.start(i, source(offset + i)))(index)
 
-        started = jax.lax.cond(jnp.any(load), fresh, lambda: idle(load.shape[0]))
+        blank = idle[load.shape[0]]
+        started = jax.lax.cond(jnp.any(load), fresh, lambda: blank)
         pick = lambda a, b, c: jnp.where(
             load.reshape(-1, *[1] * (a.ndim - 1)),
             a,
             jnp.where(needs.reshape(-1, *[1] * (a.ndim - 1)), b, c),
         )
-        lane = jtu.tree_map(pick, started, idle(load.shape[0]), lane)
+        lane = jtu.tree_map(pick, started, blank, lane)
         return lane, jnp.minimum(next_index + jnp.sum(needs), num), outputs
 
     def body(carry):
@@ -452,12 +462,6 @@ def _pool_loop(
             0, refill_every, lambda _, l: jax.vmap(problem.step)(l), lane
         )
         return lane, next_index, outputs
-
-    # Once no member is pending and at most `narrow` lanes are busy, those move to
-    # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
-    # that runs to max_steps) then no longer pay for the whole pool's width. (Not
-    # below 4 lanes: XLA rounds narrower batches differently, by ~1e-12.)
-    narrow = max(lanes // 8, 4)
 
     def wide(carry):
         lane, next_index, _ = carry
@@ -468,7 +472,7 @@ def _pool_loop(
         return (next_index < num) | jnp.any(lane.code != _IDLE)
 
     lane, next_index, outputs = jax.lax.while_loop(
-        wide, body, (idle(lanes), jnp.asarray(0), outputs)
+        wide, body, (idle[lanes], jnp.asarray(0), outputs)
     )
     if narrow < lanes:
         busy = jnp.argsort(lane.code == _IDLE, stable=True)[:narrow]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import Params
 from ._data import Dataset
@@ -115,8 +115,11 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         )
         return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False))
 
-    def _side(self, z):
-        return jnp.where(z > self.band, 1, jnp.where(z < -self.band, -1, 0))
+    def _edge(self, side, direction):
+        """The band edge an entry on `side` meets moving in `direction`, and the
+        landing aim `slack` / 2 past it."""
+        edge = jnp.where(side != 0, side, jnp.sign(direction)) * self.band
+        return edge, edge + jnp.sign(direction) * (self.slack * self.band) / 2
 
     def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
         keep, _, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
@@ -124,15 +127,13 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         )
         h = t1 - t0
         floor = 64 * jnp.finfo(h.dtype).eps * jnp.maximum(jnp.abs(t1), 1.0)
-        slack = self.slack * self.band
         z0, z1 = self.surfaces(y0, args), self.surfaces(y1, args)
-        side0, side1 = self._side(z0), self._side(z1)
+        side0, side1 = band_sides(z0, self.band), band_sides(z1, self.band)
         dz = z1 - z0
         # band edges this step crossed: landing aims slack/2 past them
-        edge = jnp.where(side0 != 0, side0 * self.band, jnp.sign(dz) * self.band)
+        edge, aim = self._edge(side0, dz)
         crossed = side1 != side0
-        late = jnp.any(crossed & (jnp.abs(z1 - edge) > slack))
-        aim = edge + jnp.sign(dz) * slack / 2
+        late = jnp.any(crossed & (jnp.abs(z1 - edge) > self.slack * self.band))
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
         # that parabola lands far short, so exits from deep in the band take its
         # root (a crossing passes through the band from a landing at its edge)
@@ -143,8 +144,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         accept = keep & ~late
         # the next band edge ahead of the end point, along the step's secant
         velocity = dz / h
-        edge = jnp.where(side1 != 0, side1 * self.band, jnp.sign(velocity) * self.band)
-        aim = edge + jnp.sign(velocity) * slack / 2
+        edge, aim = self._edge(side1, velocity)
         ahead = jnp.where(
             (edge - z1) * velocity > 0, (aim - z1) / _nonzero(velocity), jnp.inf
         )
@@ -168,6 +168,11 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
             _LandState(inner, want, landing),
             result,
         )
+
+
+def band_sides(z: Float[Array, "n m"], band: float) -> Int[Array, "n m"]:
+    """1 above the band |z| <= `band`, -1 below it, 0 inside."""
+    return jnp.where(z > band, 1, jnp.where(z < -band, -1, 0))
 
 
 def _nonzero(a):

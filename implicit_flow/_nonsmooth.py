@@ -32,7 +32,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._kinks import KinkSolver, LandOnKinks
+from ._kinks import band_sides, KinkSolver, LandOnKinks
 from ._objective import AbstractFlow, Objective
 from .models import ReLUNeuron, TwoLayerReLU
 
@@ -79,7 +79,7 @@ class FilippovFlow(AbstractFlow):
 
     def sides(self, z: Float[Array, "n m"]) -> Int[Array, "n m"]:
         """1 above the band, -1 below it, 0 inside (a free slope)."""
-        return jnp.where(z > self.band, 1, jnp.where(z < -self.band, -1, 0))
+        return band_sides(z, self.band)
 
     def pieces(self, z: Float[Array, "n m"]) -> "Pieces":
         """The sides of every entry and, per neuron, its free entries (see `kinks`)."""
