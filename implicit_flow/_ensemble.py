@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ._custom_types import Params
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import AbstractFlow, GradientFlow, Objective
+from ._objective import AbstractFlow, GradientFlow, Objective, tree_norm
 from ._progress import progress_bar, report_progress
 from ._result import FlowResult, STATUS_CODE, status_from_code
 from ._samplers import AbstractSampler, sample_members
@@ -37,6 +37,7 @@ from ._solve import (
     check_arguments,
     count_evals,
     DEFAULT_CONTROLLER,
+    end_velocity,
     solve_one,
 )
 from ._tail import TailJump
@@ -160,7 +161,13 @@ class _Problem(eqx.Module):
         finite = all_finite(y)
         failed = (solver_result != dfx.RESULTS.successful) & keep
         failed = failed | (controller_result != dfx.RESULTS.successful)
-        speed = self.flow.speed(self.objective, y, self.data)
+        # the steady-state test reads the FSAL stage where it is exact (one
+        # evaluation per step fewer); a rejected step or a crossing tests nothing
+        end = end_velocity(solver, solver_state)
+        if end is None:
+            speed = self.flow.speed(self.objective, y, self.data)
+        else:
+            speed = jnp.where(keep & end[1], tree_norm(end[0]), jnp.inf)
         code = jnp.select(
             [
                 ~finite,
@@ -498,7 +505,7 @@ def _assemble(
         t_final=ts,
         num_steps=acc,
         num_rejected=rej,
-        num_vf_evals=count_evals(problem.solver, acc + rej)
+        num_vf_evals=count_evals(problem.solver, acc + rej, fsal_check=True)
         + jumps
         * (
             0

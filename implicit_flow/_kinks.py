@@ -26,6 +26,7 @@ from collections.abc import Callable
 import diffrax as dfx
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import Params
@@ -38,6 +39,11 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     Fields: `solver`; `freeze`, (params, data) -> the pieces at the step's start
     (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free entries);
     `field`, (params, data, pieces) -> the velocity on those pieces.
+
+    The pieces are computed once per step, at its end point, and kept in the
+    state for the next step. A step that changed them leaves an FSAL stage taken
+    on the old pieces: the next step re-evaluates it (as after a Diffrax jump),
+    and `end_velocity` reports it as inexact.
     """
 
     solver: dfx.AbstractSolver
@@ -59,16 +65,31 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
+        inner = self.solver.init(terms, t0, t1, y0, args)
+        return _KinkState(inner, self.freeze(y0, args), jnp.asarray(True))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del terms
-        pieces = self.freeze(y0, args)
+        pieces = solver_state.pieces
         frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, pieces))
-        return self.solver.step(frozen, t0, t1, y0, args, solver_state, made_jump)
+        # an FSAL stage evaluated on other pieces than this step's is stale
+        made_jump = made_jump | ~solver_state.fresh
+        y1, y_error, dense, inner, result = self.solver.step(
+            frozen, t0, t1, y0, args, solver_state.inner, made_jump
+        )
+        after = self.freeze(y1, args)
+        same = jtu.tree_map(lambda a, b: jnp.all(a == b), after, pieces)
+        fresh = jnp.all(jnp.stack(jtu.tree_leaves(same)))
+        return y1, y_error, dense, _KinkState(inner, after, fresh), result
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)
+
+
+class _KinkState(eqx.Module):
+    inner: PyTree  # the wrapped solver's state
+    pieces: PyTree  # at the current point: the next step is frozen on them
+    fresh: Bool[Array, ""]  # the last step kept its pieces (its end field is exact)
 
 
 class _LandState(eqx.Module):
@@ -159,7 +180,6 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         landing = dt < base
         want = jnp.where(landing & state.landing, jnp.maximum(state.want, base), base)
         next_t0 = jnp.where(accept, t1, t0)
-        made_jump = made_jump | (accept & jnp.any(crossed))
         return (
             accept,
             next_t0,

@@ -12,8 +12,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
+from ._kinks import KinkSolver
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
+from ._objective import (
+    AbstractFlow,
+    diagnose,
+    GradientFlow,
+    Objective,
+)
 from ._result import FlowResult, Status, STATUS_CODE, status_from_code
 from ._tail import TailJump
 
@@ -328,21 +334,45 @@ def _result_code(result: dfx.RESULTS):
     )
 
 
-def count_evals(solver, steps_tried):
+def count_evals(solver, steps_tried, fsal_check: bool = False):
     """Gradient evaluations: the solver's new stages per tried step plus the
-    steady-state check after it, and two at the start (initial step, FSAL or
-    first check). Exact to within those start-up evaluations; -1 for solvers
-    whose stage count is not fixed (implicit ones)."""
-    tableau = getattr(solver, "tableau", None)
+    steady-state check after it (none with `fsal_check` for an FSAL solver:
+    `solve_ensemble` reads it off the last stage, see `end_velocity`), and two
+    at the start (initial step,
+    FSAL or first check). Exact to within those start-up evaluations and the FSAL
+    refreshes after kink crossings; -1 for solvers whose stage count is not fixed
+    (implicit ones)."""
     if isinstance(solver, dfx.Euler):
         per_step = 1
     elif isinstance(solver, dfx.AbstractERK) and isinstance(
-        tableau, dfx.ButcherTableau
+        solver.tableau, dfx.ButcherTableau
     ):
-        per_step = len(tableau.c) + (0 if tableau.fsal else 1)
+        per_step = len(solver.tableau.c) + (0 if _fsal(solver) else 1)
     else:
         return jnp.asarray(-1)
-    return (per_step + 1) * steps_tried + 2
+    check = not (fsal_check and _fsal(solver))
+    return (per_step + check) * steps_tried + 2
+
+
+def _fsal(solver) -> bool:
+    tableau = getattr(solver, "tableau", None)
+    return isinstance(solver, dfx.AbstractERK) and getattr(tableau, "fsal", False)
+
+
+def end_velocity(
+    solver: dfx.AbstractSolver, solver_state
+) -> tuple[Params, Bool[Array, ""]] | None:
+    """The field at the end of the last step, where the solver keeps it, and
+    whether it is exact there: an FSAL Runge-Kutta solver's last stage (Diffrax
+    keeps its state as (first_step, f1)); for `KinkSolver`, that of its solver,
+    exact only if the step kept its pieces. None for other solvers."""
+    if isinstance(solver, KinkSolver):
+        inner = end_velocity(solver.solver, solver_state.inner)
+        return None if inner is None else (inner[0], inner[1] & solver_state.fresh)
+    if not _fsal(solver):
+        return None
+    first_step, f1 = solver_state
+    return f1, ~first_step
 
 
 def check_model_data(model, data) -> None:
