@@ -77,6 +77,12 @@ def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
     return total
 
 
+def tail_fields(spec: str) -> dict:
+    """'threshold=1e-5,iterations=2' -> {'threshold': 1e-5, 'iterations': 2}."""
+    fields = dict(item.split("=") for item in spec.split(",") if item)
+    return {k: int(v) if k == "iterations" else float(v) for k, v in fields.items()}
+
+
 def run(engine, tail, flow, args, model, data, sampler, key):
     kwargs = dict(
         tail=tail,
@@ -144,6 +150,11 @@ def main():
         help="W2: re-solve the members that ended at max_steps with "
         "FilippovFlow(max_kinks=K) (timed, added to the first pass)",
     )
+    parser.add_argument(
+        "--tail",
+        default="",
+        help="TailJump fields for pool+tail, e.g. 'threshold=1e-5,radius=3e-4'",
+    )
     args = parser.parse_args()
     model, data, sampler = workload(args.workload)
     print(
@@ -152,7 +163,7 @@ def main():
     )
     pool = imf.LanePool(lanes=args.lanes, refill_every=args.refill_every)
     engines = {
-        "pool+tail": (pool, imf.TailJump()),
+        "pool+tail": (pool, imf.TailJump(**tail_fields(args.tail))),
         "pool": (pool, None),
         "vmap": (imf.PlainVmap(), None),
     }
@@ -197,6 +208,13 @@ def main():
             f"| {name} | {wall:.2f} | {compile_s:.1f} | {args.num / wall:.0f} | {total} | {most} | "
             f"{median:.0f} | {waste:.1%} | {evals} | {statuses} |"
         )
+    for name, result in results.items():
+        if name.startswith("pool+tail"):
+            jumps = np.asarray(result.num_jumps)
+            print(
+                f"{name}: {jumps.sum()} tail jumps tried, members ending by a jump: "
+                f"{int(np.sum(np.asarray(result.status == imf.Status.converged) & (jumps > 0)))}"
+            )
     base = dict((row[0], row[1]) for row in rows)
     if "vmap" in base:
         for name in base:

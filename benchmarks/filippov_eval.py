@@ -45,9 +45,7 @@ def main():
     rows = []
     for band in (1e-8, 1e-1):
         flow = imf.FilippovFlow(band=band)
-        pieces = jax.jit(
-            jax.vmap(lambda p: flow.pieces(flow.pre_activations(objective, p, data)))
-        )(params)
+        pieces = jax.jit(jax.vmap(lambda p: flow.pieces(objective, p, data)))(params)
         free = float(pieces.free.sum(axis=(1, 2)).mean())
         fields = {
             "jax.grad": jax.vmap(lambda p: objective.grad(p, data)),

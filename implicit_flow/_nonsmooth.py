@@ -81,11 +81,21 @@ class FilippovFlow(AbstractFlow):
         """1 above the band, -1 below it, 0 inside (a free slope)."""
         return band_sides(z, self.band)
 
-    def pieces(self, z: Float[Array, "n m"]) -> "Pieces":
-        """The sides of every entry and, per neuron, its free entries (see `kinks`)."""
+    def pieces(self, objective: Objective, params: Params, data: Dataset) -> "Pieces":
+        """Where every pre-activation is, and what a step frozen there needs."""
+        model = _checked(objective.model(params))
+        hidden, _, has_bias = hidden_layer(model)
+        x = layer_inputs(data.x, has_bias)
+        return self._pieces(x @ hidden.T, x, model.negative_slope)
+
+    def _pieces(self, z, x, alpha) -> "Pieces":
         sides = self.sides(z)
         near, _, free = self.kinks(z, sides == 0)
-        return Pieces(sides, near, free)
+        onehot = (near[:, :, None] == jnp.arange(z.shape[0])) & free[:, :, None]
+        held = jnp.any(onehot, axis=1).T  # (n, m): entries with a free slope
+        slope = jnp.where(held, 0.0, jnp.where(z > 0, 1.0, alpha))
+        inputs = jnp.where(free[..., None], x[near], 0.0)
+        return Pieces(sides, near, free, slope, inputs)
 
     def integrator(self, objective, solver, controller):
         """With `land` (default), `KinkSolver` and `LandOnKinks` around the pair."""
@@ -94,7 +104,7 @@ class FilippovFlow(AbstractFlow):
         surfaces = lambda params, data: self.pre_activations(objective, params, data)
         solver = KinkSolver(
             solver,
-            lambda params, data: self.pieces(surfaces(params, data)),
+            lambda params, data: self.pieces(objective, params, data),
             lambda params, data, pieces: self.velocity(objective, params, data, pieces),
         )
         if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
@@ -104,13 +114,13 @@ class FilippovFlow(AbstractFlow):
     def kinks(
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
-        """Per neuron, its first `max_kinks` `free` entries (fewer if n is smaller):
-        indices, z, and which of the slots are real (the others hold index 0)."""
+        """Per neuron, its first `max_kinks` `free` entries: indices, z, and which
+        of the slots are real (the others hold index 0)."""
         # k-th free entry by a running count and a masked sum: argmin/top_k
         # selections cost ~10x a whole gradient on XLA CPU for this shape
         count = jnp.cumsum(free.T, axis=1)  # (m, n)
         index = jnp.arange(z.shape[0])
-        slots = range(min(self.max_kinks, z.shape[0]))
+        slots = range(self.max_kinks)
         near = jnp.stack(
             [
                 jnp.sum(jnp.where(free.T & (count == k + 1), index, 0), axis=1)
@@ -129,35 +139,25 @@ class FilippovFlow(AbstractFlow):
         pieces: "Pieces | None" = None,
     ) -> Params:
         """The minimal-norm velocity; with `pieces` (a step's start, see `KinkSolver`),
-        entries off the band keep the slope of their side wherever z is, and the
-        free entries stay those of the start."""
+        every entry keeps the slope it had there wherever z is, and the free
+        entries stay those of the start."""
         model = _checked(objective.model(params))
         hidden, v, has_bias = hidden_layer(model)
         x = layer_inputs(data.x, has_bias)
         z = x @ hidden.T  # (n, m)
-        sides, near, free = self.pieces(z) if pieces is None else pieces
         alpha = model.negative_slope
+        pieces = self._pieces(z, x, alpha) if pieces is None else pieces
+        sides, free = pieces.sides, pieces.free
         act = jnp.where(
             sides > 0, z, jnp.where(sides < 0, alpha * z, jnp.maximum(z, alpha * z))
         )
         r = jax.grad(objective.loss)(act @ v, data.y)  # dL/df(x_i)
-        zk = jnp.take_along_axis(z.T, near, axis=1)
-        onehot = (near[:, :, None] == jnp.arange(z.shape[0])) & free[:, :, None]
-        off = jnp.where(
-            sides == 0, jnp.where(z > 0, 1.0, alpha), jnp.where(sides > 0, 1.0, alpha)
-        )
-        slope = jnp.where(jnp.any(onehot, axis=1), 0.0, off.T)
-        c = (slope * v[:, None] * r[None, :]) @ x  # (m, p): gradient off the kinks
-        u = jnp.where(free[..., None], (r[near] * v[:, None])[..., None] * x[near], 0.0)
-        target = jnp.where(free, self.pull * zk * r[near] * v[:, None], 0.0)
-        if u.shape[1] < self.max_kinks:  # fewer data points: pad with idle kinks
-            pad = self.max_kinks - u.shape[1]
-            u, target, free = (
-                jnp.concatenate(
-                    [a, jnp.zeros((a.shape[0], pad, *a.shape[2:]), a.dtype)], axis=1
-                )
-                for a in (u, target, free)
-            )
+        rv = r[pieces.near] * v[:, None]  # (m, K)
+        zk = jnp.einsum("mkp,mp->mk", pieces.inputs, hidden)
+        # (m, p): the gradient off the free entries
+        c = jnp.einsum("nm,np->mp", pieces.slope * r[:, None] * v, x)
+        u = rv[..., None] * pieces.inputs
+        target = jnp.where(free, self.pull * zk * rv, 0.0)
         # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
         c, u, target, free = jax.lax.optimization_barrier((c, u, target, free))
         a = _min_norm_slopes(c, u, target, free, alpha)
@@ -167,16 +167,18 @@ class FilippovFlow(AbstractFlow):
 
 
 class Pieces(eqx.Module):
-    """Final. Where each pre-activation is: `sides` (n, m) in {-1, 0, 1} (below,
-    inside, above the band), and per neuron the indices `near` (m, K) of up to
-    `max_kinks` entries with a free slope, `free` (m, K) marking the real ones."""
+    """Final. Where each pre-activation is, as a step frozen there needs it:
+    `sides` (n, m) in {-1, 0, 1} (below, inside, above the band); per neuron the
+    indices `near` (m, K) of up to `max_kinks` entries with a free slope and
+    `free` (m, K) marking the real ones, with their rows `inputs` (m, K, p) of
+    [x_i; 1] (0 on empty slots); and `slope` (n, m), sigma' of every other entry
+    (that of its side; 0 on the free ones)."""
 
     sides: Int[Array, "n m"]
     near: Int[Array, "m k"]
     free: Bool[Array, "m k"]
-
-    def __iter__(self):
-        return iter((self.sides, self.near, self.free))
+    slope: Float[Array, "n m"]
+    inputs: Float[Array, "m k p"]
 
 
 def _checked(model):

@@ -54,7 +54,7 @@ class TailJump(eqx.Module):
             model, ReLUNeuron | TwoLayerReLU
         ):
             width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
-            rows += width * min(flow.max_kinks, data.x.shape[0])
+            rows += width * flow.max_kinks
         return self.iterations * rows
 
     def jump(

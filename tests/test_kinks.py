@@ -98,3 +98,28 @@ def test_min_norm_slopes_solve_the_box_qp(k):
 def test_filippov_flow_rejects_bad_settings(kwargs, name):
     with pytest.raises(ValueError, match=name):
         imf.FilippovFlow(**kwargs)
+
+
+def test_the_end_velocity_is_the_field_at_the_step_end_unless_a_kink_was_crossed():
+    # solve_ensemble's steady-state test reads the last (FSAL) stage of a step
+    from implicit_flow._solve import end_velocity
+
+    surfaces = lambda y, args: (y - 0.5).reshape(1, 1)
+    sides = lambda y, args: jnp.where(surfaces(y, args) > BAND, 1, -1)
+    field = lambda y, args, s: jnp.where(s > 0, -3.0 * y, -y)[0]
+    term = dfx.ODETerm(lambda t, y, args: field(y, args, sides(y, args)))
+    tsit5 = dfx.Tsit5()
+    kink = KinkSolver(tsit5, sides, field)
+    # (solver, y0, exact): from 0.52 the step crosses y = 1/2 on the frozen piece
+    cases = [(tsit5, 0.3, True), (tsit5, 0.9, True)]
+    cases += [(kink, 0.3, True), (kink, 0.9, True), (kink, 0.52, False)]
+    for solver, y0, fresh in cases:
+        y0 = jnp.array([y0])
+        state = solver.init(term, 0.0, 0.1, y0, None)
+        y1, *_, state, _ = solver.step(term, 0.0, 0.1, y0, None, state, False)
+        f1, exact = end_velocity(solver, state)
+        rate = 3.0 if y0[0] > 0.5 else 1.0  # y(t) = y0 exp(-rate t) on the piece
+        np.testing.assert_allclose(y1, y0 * np.exp(-rate * 0.1), rtol=1e-6)
+        np.testing.assert_allclose(f1, -rate * y1, rtol=1e-14)
+        assert bool(exact) == fresh
+    assert end_velocity(dfx.Heun(), None) is None  # no FSAL stage to read
