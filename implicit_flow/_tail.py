@@ -8,7 +8,8 @@ flow is $\\dot\\theta = -J^\\top r$ with $r = J\\theta - b$, whose limit is exac
 $\\theta - J^+ r$; for other models the same Gauss-Newton step, iterated, lands on
 the zero-loss manifold within $O(\\|\\theta - \\theta^*\\|^2)$ of the flow's limit.
 Pre-activations that slide along a kink (FilippovFlow, $|z_{ij}| <$ band) are kept
-at 0 as extra rows of $J$.
+at 0 as extra rows of $J$ (at most as many as data rows: a jump that would hold
+more is rejected; the rows, not the kink slots, set the jump's cost).
 
 A jump is accepted only if the flow's own steady-state test passes at the end
 point and the path to it keeps the pattern. On a quadratic piece off every kink the
@@ -49,13 +50,7 @@ class TailJump(eqx.Module):
 
     def cost(self, model, data: Dataset, flow: AbstractFlow) -> int:
         """Gradient-evaluation equivalents of one jump: one per Jacobian row."""
-        rows = data.x.shape[0]
-        if isinstance(flow, FilippovFlow) and isinstance(
-            model, ReLUNeuron | TwoLayerReLU
-        ):
-            width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
-            rows += width * flow.max_kinks
-        return self.iterations * rows
+        return self.iterations * (data.x.shape[0] + _held_rows(model, data, flow))
 
     def jump(
         self,
@@ -70,9 +65,20 @@ class TailJump(eqx.Module):
         flat, unravel = ravel_pytree(params)
         relu = isinstance(model, ReLUNeuron | TwoLayerReLU)
         sliding = relu and isinstance(flow, FilippovFlow)
-        if sliding:
+        fits = jnp.asarray(True)
+        if sliding:  # rows for the entries held at 0, compacted (at most `capacity`)
             z = _preactivations(model, data)[0]
             near, _, kinks = flow.kinks(z, flow.sides(z) == 0)
+            capacity = _held_rows(model, data, flow)
+            count = jnp.cumsum(kinks.ravel())
+            fits = count[-1] <= capacity
+            slot = jnp.where(kinks.ravel() & (count <= capacity), count - 1, capacity)
+            pick = (
+                jnp.zeros(capacity, int)
+                .at[slot]
+                .set(jnp.arange(slot.size), mode="drop")
+            )
+            used = jnp.arange(capacity) < count[-1]
 
         def rows(theta):
             m = objective.model(unravel(theta))
@@ -80,7 +86,7 @@ class TailJump(eqx.Module):
             if not sliding:
                 return out
             zk = jnp.take_along_axis(_preactivations(m, data)[0].T, near, axis=1)
-            return jnp.concatenate([out, jnp.where(kinks, zk, 0.0).ravel()])
+            return jnp.concatenate([out, jnp.where(used, zk.ravel()[pick], 0.0)])
 
         def gauss_newton(theta, _):
             jac = jax.jacrev(rows)(theta)
@@ -95,6 +101,7 @@ class TailJump(eqx.Module):
         theta, _ = jax.lax.scan(gauss_newton, flat, None, length=self.iterations)
         jumped = unravel(theta)
         ok = jnp.all(jnp.isfinite(theta)) & (flow.speed(objective, jumped, data) < gtol)
+        ok = ok & fits
         if not relu:  # no kinks: exact on a quadratic loss, else only short jumps
             near_enough = jnp.linalg.norm(theta - flat) <= self.radius
             return jumped, ok & (_piecewise_quadratic(model) | near_enough)
@@ -126,6 +133,17 @@ class TailJump(eqx.Module):
             side.shape
         )
         return jumped, ok & jnp.where(jnp.any(held), endpoint, jnp.all(keeps))
+
+
+def _held_rows(model, data: Dataset, flow: AbstractFlow) -> int:
+    """Jacobian rows for pre-activations held on a kink: as many as data rows (or
+    kink slots, if fewer); a jump that would hold more is rejected."""
+    if not isinstance(flow, FilippovFlow) or not isinstance(
+        model, ReLUNeuron | TwoLayerReLU
+    ):
+        return 0
+    width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
+    return min(width * flow.max_kinks, data.x.shape[0])
 
 
 def _piecewise_quadratic(model) -> bool:
