@@ -194,8 +194,9 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
 
     Exact: the minimum lies in the relative interior of one of the 3^K faces of the
     box, where it is the face's unconstrained minimizer; each face's small system
-    (at most K x K) is solved in closed form by Cramer's rule, elementwise over
-    neurons (no batched linear solves), and the feasible face of least value wins.
+    (at most K x K) is solved by unrolled elimination, elementwise over neurons
+    (no batched linear solves; Cramer's rule by cofactors compiled for minutes at
+    K = 4), and the feasible face of least value wins.
     """
     k = u.shape[1]
     g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
@@ -208,19 +209,14 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
         a = [jnp.full(c.shape[0], 0.0 if b is None else b) for b in face]
         ok = jnp.ones(c.shape[0], bool)
         if open_:
-            # G_FF a_F = -(h_F + G_FB a_B), by Cramer's rule
+            # G_FF a_F = -(h_F + G_FB a_B)
             rhs = [
                 -(h[i] + sum(g[i][j] * face[j] for j in range(k) if j not in open_))
                 for i in open_
             ]
-            sub = [[g[i][j] for j in open_] for i in open_]
-            det = _det(sub)
-            safe = jnp.where(det == 0, 1.0, det)
-            for col, i in enumerate(open_):
-                a[i] = (
-                    _det([row[:col] + [r] + row[col + 1 :] for row, r in zip(sub, rhs)])
-                    / safe
-                )
+            solution, det = _solve_gram([[g[i][j] for j in open_] for i in open_], rhs)
+            for i, ai in zip(open_, solution):
+                a[i] = ai
                 ok = ok & free[:, i] & (a[i] >= lo - 1e-12) & (a[i] <= 1 + 1e-12)
             ok = ok & (jnp.abs(det) > 1e-12 * scale ** len(open_))
         a = [jnp.clip(ai, lo, 1.0) for ai in a]
@@ -232,16 +228,29 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
     return jnp.stack(best, axis=1)
 
 
-def _det(m: list[list[Array]]) -> Array:
-    """Determinant of a small matrix of arrays, by cofactors (elementwise)."""
-    if len(m) == 1:
-        return m[0][0]
-    if len(m) == 2:
-        return m[0][0] * m[1][1] - m[0][1] * m[1][0]
-    return sum(
-        (-1) ** j * m[0][j] * _det([row[:j] + row[j + 1 :] for row in m[1:]])
-        for j in range(len(m))
-    )
+def _solve_gram(
+    matrix: list[list[Array]], rhs: list[Array]
+) -> tuple[list[Array], Array]:
+    """Solve a small Gram (symmetric positive semi-definite) system of arrays,
+    elementwise, by Gaussian elimination without pivoting (such matrices need
+    none): the solution and the determinant, the product of the pivots (a zero
+    pivot divides by 1; the caller rejects singular systems by the determinant)."""
+    n = len(rhs)
+    matrix, rhs = [list(row) for row in matrix], list(rhs)
+    det = 1.0
+    for p in range(n):
+        det = det * matrix[p][p]
+        pivot = jnp.where(matrix[p][p] == 0, 1.0, matrix[p][p])
+        for i in range(p + 1, n):
+            factor = matrix[i][p] / pivot
+            for j in range(p + 1, n):
+                matrix[i][j] = matrix[i][j] - factor * matrix[p][j]
+            rhs[i] = rhs[i] - factor * rhs[p]
+    x = [None] * n
+    for i in reversed(range(n)):
+        rest = rhs[i] - sum(matrix[i][j] * x[j] for j in range(i + 1, n))
+        x[i] = rest / jnp.where(matrix[i][i] == 0, 1.0, matrix[i][i])
+    return x, det
 
 
 def layer_inputs(x: Float[Array, "n d"], has_bias: bool) -> Float[Array, "n p"]:
