@@ -91,8 +91,7 @@ class FilippovFlow(AbstractFlow):
     def _pieces(self, z, x, alpha) -> "Pieces":
         sides = self.sides(z)
         near, _, free = self.kinks(z, sides == 0)
-        onehot = (near[:, :, None] == jnp.arange(z.shape[0])) & free[:, :, None]
-        held = jnp.any(onehot, axis=1).T  # (n, m): entries with a free slope
+        held = held_entries(near, free, z.shape[0])
         slope = jnp.where(held, 0.0, jnp.where(z > 0, 1.0, alpha))
         inputs = jnp.where(free[..., None], x[near], 0.0)
         return Pieces(sides, near, free, slope, inputs)
@@ -179,6 +178,14 @@ class Pieces(eqx.Module):
     free: Bool[Array, "m k"]
     slope: Float[Array, "n m"]
     inputs: Float[Array, "m k p"]
+
+
+def held_entries(
+    near: Int[Array, "m k"], free: Bool[Array, "m k"], n: int
+) -> Bool[Array, "n m"]:
+    """The (n, m) mask of the entries in a neuron's real kink slots (see `kinks`)."""
+    onehot = (near[:, :, None] == jnp.arange(n)) & free[:, :, None]
+    return jnp.any(onehot, axis=1).T
 
 
 def _checked(model):

@@ -14,12 +14,7 @@ from ._custom_types import Params
 from ._data import Dataset
 from ._kinks import KinkSolver
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import (
-    AbstractFlow,
-    diagnose,
-    GradientFlow,
-    Objective,
-)
+from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
 from ._result import FlowResult, Status, STATUS_CODE, status_from_code
 from ._tail import TailJump
 
@@ -338,20 +333,19 @@ def count_evals(solver, steps_tried, fsal_check: bool = False):
     """Gradient evaluations: the solver's new stages per tried step plus the
     steady-state check after it (none with `fsal_check` for an FSAL solver:
     `solve_ensemble` reads it off the last stage, see `end_velocity`), and two
-    at the start (initial step,
-    FSAL or first check). Exact to within those start-up evaluations and the FSAL
-    refreshes after kink crossings; -1 for solvers whose stage count is not fixed
-    (implicit ones)."""
+    at the start (initial step, FSAL or first check). Exact to within those
+    start-up evaluations and the FSAL refreshes after kink crossings; -1 for
+    solvers whose stage count is not fixed (implicit ones)."""
+    fsal = _fsal(solver)
     if isinstance(solver, dfx.Euler):
         per_step = 1
     elif isinstance(solver, dfx.AbstractERK) and isinstance(
         solver.tableau, dfx.ButcherTableau
     ):
-        per_step = len(solver.tableau.c) + (0 if _fsal(solver) else 1)
+        per_step = len(solver.tableau.c) + (0 if fsal else 1)
     else:
         return jnp.asarray(-1)
-    check = not (fsal_check and _fsal(solver))
-    return (per_step + check) * steps_tried + 2
+    return (per_step + (not (fsal_check and fsal))) * steps_tried + 2
 
 
 def _fsal(solver) -> bool:

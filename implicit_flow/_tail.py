@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._nonsmooth import FilippovFlow, hidden_layer, layer_inputs
+from ._nonsmooth import FilippovFlow, held_entries, hidden_layer, layer_inputs
 from ._objective import AbstractFlow, Objective
 from .models import LinearPredictor, ReLUNeuron, TwoLayerReLU
 
@@ -107,8 +107,7 @@ class TailJump(eqx.Module):
             return jumped, ok & (_piecewise_quadratic(model) | near_enough)
         held = jnp.zeros(_preactivations(model, data)[0].shape, bool)
         if sliding:  # entries held on their kink are exempt from the side test
-            columns = jnp.arange(held.shape[1])[:, None]
-            held = held.T.at[columns, near].max(kinks).T  # empty slots hold index 0
+            held = held_entries(near, kinks, held.shape[0])
         z_of = lambda th: _preactivations(objective.model(unravel(th)), data)[0]
         side = jnp.sign(z_of(flat))
         near_enough = jnp.linalg.norm(theta - flat) <= self.radius
