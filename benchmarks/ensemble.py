@@ -155,7 +155,14 @@ def main():
         default="",
         help="TailJump fields for pool+tail, e.g. 'threshold=1e-5,radius=3e-4'",
     )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="CPU devices (default one per core); LanePool runs a pool on each",
+    )
     args = parser.parse_args()
+    jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     model, data, sampler = workload(args.workload)
     print(
         f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
@@ -289,7 +296,9 @@ def retry(args, name, model, data, sampler, result):
         stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
         gtol=args.gtol,
         max_steps=args.max_steps,
-        engine=imf.LanePool(lanes=min(len(stalled), args.lanes)),
+        engine=imf.LanePool(
+            lanes=min(-(-len(stalled) // jax.device_count()), args.lanes)
+        ),
     )
     again = jax.block_until_ready(again)
     fixed = int(np.sum(np.asarray(again.status == imf.Status.converged)))
@@ -316,7 +325,7 @@ def check_reference(args, model, data, sampler, results):
         stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-14),
         gtol=1e-9,
         max_steps=100_000,
-        engine=imf.LanePool(lanes=min(k, args.lanes)),
+        engine=imf.LanePool(lanes=min(-(-k // jax.device_count()), args.lanes)),
     )
     for name, result in results.items():
         both = np.asarray(

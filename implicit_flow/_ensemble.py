@@ -253,8 +253,9 @@ class LanePool(AbstractEnsembleEngine):
     `devices`, members are split into contiguous blocks and each device runs its
     own pool with `jax.shard_map`, with no collective inside the loop.
 
-    Fields: `lanes` (per device), `refill_every`, `devices` (None: the default
-    device only).
+    Fields: `lanes` (per device), `refill_every`, `devices` (None: every local
+    device of the default backend; on CPU, `jax.config.update("jax_num_cpu_devices",
+    n)` at start-up gives n devices, one per core, and the CLI sets one per core).
     """
 
     lanes: int = eqx.field(static=True, default=256)
@@ -275,7 +276,7 @@ class LanePool(AbstractEnsembleEngine):
         processes, rank = jax.process_count(), jax.process_index()
         block = -(-num // processes)
         start, count = rank * block, max(min(block, num - rank * block), 1)
-        devices = self.devices or (jax.local_devices()[0],)
+        devices = self.devices or tuple(jax.local_devices())
         per_device = -(-count // len(devices))
         if source.stacked is not None:
             rows = jnp.minimum(jnp.arange(start, start + count), num - 1)
@@ -369,15 +370,17 @@ def _pool_loop(
     # that runs to max_steps) then no longer pay for the whole pool's width. (Not
     # below 4 lanes: XLA rounds narrower batches differently, by ~1e-12.)
     narrow = max(lanes // 8, 4)
-    # blank lanes of either width, built once (outside the loops)
+    # blank lanes of either width, from one start built outside the loops (every
+    # copy of `start` traces the field three times: compile time)
+    blank = eqx.tree_at(
+        lambda l: (l.index, l.code),
+        problem.start(jnp.asarray(0), y_like),
+        (jnp.asarray(num), jnp.asarray(_IDLE)),
+    )
     idle = {
-        width: jax.vmap(
-            lambda i: eqx.tree_at(
-                lambda l: (l.index, l.code),
-                problem.start(i, y_like),
-                (jnp.asarray(num), jnp.asarray(_IDLE)),
-            )
-        )(jnp.zeros(width, int))
+        width: jtu.tree_map(
+            lambda a: jnp.broadcast_to(a, (width, *jnp.shape(a))), blank
+        )
         for width in {lanes, min(narrow, lanes)}
     }
     outputs = (
@@ -454,7 +457,10 @@ def _pool_loop(
             return jax.vmap(lambda i: problem.start(i, source(offset + i)))(index)
 
         blank = idle[load.shape[0]]
-        started = jax.lax.cond(jnp.any(load), fresh, lambda: blank)
+        if load.shape[0] == lanes:
+            started = jax.lax.cond(jnp.any(load), fresh, lambda: blank)
+        else:  # the narrow pool runs once nothing is pending
+            started = blank
         pick = lambda a, b, c: jnp.where(
             load.reshape(-1, *[1] * (a.ndim - 1)),
             a,

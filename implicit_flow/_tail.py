@@ -8,8 +8,9 @@ flow is $\\dot\\theta = -J^\\top r$ with $r = J\\theta - b$, whose limit is exac
 $\\theta - J^+ r$; for other models the same Gauss-Newton step, iterated, lands on
 the zero-loss manifold within $O(\\|\\theta - \\theta^*\\|^2)$ of the flow's limit.
 Pre-activations that slide along a kink (FilippovFlow, $|z_{ij}| <$ band) are kept
-at 0 as extra rows of $J$ (at most as many as data rows: a jump that would hold
-more is rejected; the rows, not the kink slots, set the jump's cost).
+at 0 as constraints: each Gauss-Newton step first moves onto them, then solves the
+least squares along them (at most as many held rows as data rows: a jump that
+would hold more is rejected; the rows, not the kink slots, set the jump's cost).
 
 A jump is accepted only if the flow's own steady-state test passes at the end
 point and the path to it keeps the pattern. On a quadratic piece off every kink the
@@ -88,15 +89,20 @@ class TailJump(eqx.Module):
             zk = jnp.take_along_axis(_preactivations(m, data)[0].T, near, axis=1)
             return jnp.concatenate([out, jnp.where(used, zk.ravel()[pick], 0.0)])
 
+        n = data.x.shape[0]
+
         def gauss_newton(theta, _):
-            jac = jax.jacrev(rows)(theta)
-            gram = jac @ jac.T
-            vals, vecs = jnp.linalg.eigh(gram)
-            cutoff = 1e-12 * jnp.max(vals)
-            inv = jnp.where(
-                vals > cutoff, 1.0 / jnp.where(vals > cutoff, vals, 1.0), 0.0
-            )
-            return theta - jac.T @ (vecs @ (inv * (vecs.T @ rows(theta)))), None
+            value, jac = rows(theta), jax.jacrev(rows)(theta)
+            if not sliding:
+                return theta - jac.T @ _solve_gram(jac, value), None
+            # the held rows are constraints, not residuals: first onto them, then
+            # least squares along them (a data row that cannot be fitted, e.g. a
+            # point whose entry is held at 0, must not pull the held entry off)
+            res, jres, held_rows = value[:n], jac[:n], jac[n:]
+            step = -held_rows.T @ _solve_gram(held_rows, value[n:])
+            along = jres - (jres @ held_rows.T) @ _solve_gram(held_rows, held_rows)
+            step = step - along.T @ _solve_gram(along, res + jres @ step)
+            return theta + step, None
 
         theta, _ = jax.lax.scan(gauss_newton, flat, None, length=self.iterations)
         jumped = unravel(theta)
@@ -132,6 +138,15 @@ class TailJump(eqx.Module):
             side.shape
         )
         return jumped, ok & jnp.where(jnp.any(held), endpoint, jnp.all(keeps))
+
+
+def _solve_gram(jac: Float[Array, "r p"], b: Float[Array, "r ..."]) -> Array:
+    """$(J J^\\top)^+ b$, by eigenvalues (those below 1e-12 of the largest are 0)."""
+    vals, vecs = jnp.linalg.eigh(jac @ jac.T)
+    cutoff = 1e-12 * jnp.max(vals)
+    inv = jnp.where(vals > cutoff, 1.0 / jnp.where(vals > cutoff, vals, 1.0), 0.0)
+    inv = inv.reshape(-1, *[1] * (b.ndim - 1))
+    return vecs @ (inv * (vecs.T @ b))
 
 
 def _held_rows(model, data: Dataset, flow: AbstractFlow) -> int:

@@ -192,7 +192,7 @@ MULTI_DEVICE = textwrap.dedent(
     model = imf.DeepLinear([np.zeros((2, 4)), np.zeros((1, 2))])
     out = {}
     stacked = imf.sample_inits(imf.Gaussian(1.0), jr.key(1), 10, model)
-    for name, devices, inits in (("one", None, imf.Gaussian(1.0)), ("four", tuple(jax.devices()), imf.Gaussian(1.0)), ("four_stacked", tuple(jax.devices()), stacked)):
+    for name, devices, inits in (("one", (jax.devices()[0],), imf.Gaussian(1.0)), ("four", tuple(jax.devices()), imf.Gaussian(1.0)), ("four_stacked", tuple(jax.devices()), stacked)):
             res = imf.solve_ensemble(model, data, inits, key=jr.key(1), num=10, gtol=1e-11,
                                      engine=imf.LanePool(lanes=2, devices=devices))
             out[name] = [np.asarray(w).tolist() for w in res.model.weights]

@@ -1,6 +1,7 @@
 """FilippovFlow (sliding along ReLU kinks) and TailJump against independent truths."""
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,3 +216,21 @@ def test_fixed_output_nets_that_slide_match_the_exact_filippov_limit():
         )
         checked += 1
     assert checked >= 3
+
+
+def test_tail_jump_holds_sliding_entries_at_a_nonzero_loss_limit():
+    # SLIDE_DATA's first point (label -1) cannot be fitted: the flow slides on
+    # w_1 = 0 to the limit (0, 5) at loss 1/2. A jump that fitted the held row in
+    # least squares with that point's residual would land at (-0.5, 5.5) instead.
+    flow = imf.FilippovFlow()
+    mid = imf.solve_flow(imf.ReLUNeuron(SLIDE_START), SLIDE_DATA, flow=flow, t1=6.0)
+    assert 1e-5 < abs(float(mid.model.weight[1]) - 5.0) < 1e-2  # still in the tail
+    params, skeleton = eqx.partition(mid.model, eqx.is_inexact_array)
+    objective = imf.Objective(skeleton, imf.SumSquareLoss())
+    jumped, ok = imf.TailJump(radius=1.0).jump(
+        flow, objective, params, SLIDE_DATA, jnp.asarray(1e-11)
+    )
+    assert bool(ok)
+    np.testing.assert_allclose(
+        objective.model(jumped).weight, [0.0, 5.0], rtol=0, atol=1e-12
+    )
