@@ -28,6 +28,7 @@ import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ._custom_types import Params
@@ -48,7 +49,8 @@ class FilippovFlow(AbstractFlow):
     end steps at kink crossings instead of letting the controller shrink them to
     ~1e-10 there (on W2: half the steps, a third of the evaluations per step);
     `max_kinks` (1 to 4, default 3), how many pre-activations of one neuron may sit
-    on their kinks at once (the box QP has $3^K$ faces: 4 costs ~3x the QP of 3).
+    on their kinks at once (the box QP has $3^K$ faces; 4 allows a fourth on two
+    neurons at a time, and a W2 step then costs ~1.3x that of 3).
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -114,7 +116,8 @@ class FilippovFlow(AbstractFlow):
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
         """Per neuron, its first `max_kinks` `free` entries: indices, z, and which
-        of the slots are real (the others hold index 0)."""
+        of the slots are real (the others hold index 0). With `max_kinks` = 4, the
+        fourth slot is real on at most two neurons (the first ones that need it)."""
         # k-th free entry by a running count and a masked sum: argmin/top_k
         # selections cost ~10x a whole gradient on XLA CPU for this shape
         count = jnp.cumsum(free.T, axis=1)  # (m, n)
@@ -128,6 +131,9 @@ class FilippovFlow(AbstractFlow):
             axis=1,
         )
         real = jnp.stack([count[:, -1] > k for k in slots], axis=1)
+        if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` neurons only
+            fourth = real[:, 3] & (jnp.cumsum(real[:, 3]) <= _FULL_ROWS)
+            real = real.at[:, 3].set(fourth)
         return near, jnp.take_along_axis(z.T, near, axis=1), real
 
     def velocity(
@@ -202,18 +208,68 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
     Exact: the minimum lies in the relative interior of one of the 3^K faces of the
     box, where it is the face's unconstrained minimizer; each face's small system
     (at most K x K) is solved by unrolled elimination, elementwise over neurons
-    (no batched linear solves; Cramer's rule by cofactors compiled for minutes at
-    K = 4), and the feasible face of least value wins.
+    (no batched linear solves), and the feasible face of least value wins. Up to
+    K = 3 every neuron goes through the 27 faces as a chain of selections. At
+    K = 4 at most `_FULL_ROWS` neurons may have a real fourth slot (`kinks` sees
+    to it): those few are gathered and solved over all 81 faces along a face axis,
+    the rest by the chain on their first three slots. (81 faces for every neuron
+    cost 5.7x the whole step of K = 3.)
     """
+    k = u.shape[1]
+    if k < 4:
+        return _faces_chain(*_gram(c, u, target), free, lo)
+    a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo)
+    a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
+    rows, real = _first_true(free[:, 3], _FULL_ROWS)
+    g, h = _gram(c[rows], u[rows], target[rows])
+    full = _faces_along_axis(
+        jnp.stack([jnp.stack(row, -1) for row in g], -2),
+        jnp.stack(h, -1),
+        free[rows],
+        lo,
+    )
+    neuron = jnp.arange(a.shape[0])
+    for r in range(_FULL_ROWS):
+        a = jnp.where(((neuron == rows[r]) & real[r])[:, None], full[r], a)
+    return a
+
+
+_FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (K = 4)
+
+
+def _gram(c, u, target) -> tuple[list[list[Array]], list[Array]]:
+    """The box QP's G = U U^T and h = U c - target, as lists of per-neuron arrays."""
     k = u.shape[1]
     g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
     h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
+    return g, h
+
+
+def _first_true(
+    mask: Bool[Array, " m"], count: int
+) -> tuple[Int[Array, " r"], Bool[Array, " r"]]:
+    """Indices of the first `count` true entries (0 where fewer), and which are real:
+    by a running count and masked sums, as in `FilippovFlow.kinks`."""
+    running = jnp.cumsum(mask)
+    index = jnp.arange(mask.shape[0])
+    rows = [
+        jnp.sum(jnp.where(mask & (running == r + 1), index, 0)) for r in range(count)
+    ]
+    return jnp.stack(rows), running[-1] > jnp.arange(count)
+
+
+def _faces_chain(g, h, free, lo: float) -> Float[Array, "m k"]:
+    """The box QP by its faces, one after another, each elementwise over neurons;
+    the first face of least value by a chain of selections (face 0, all slopes at
+    the lower bound, if none is feasible)."""
+    k = len(h)
+    m = h[0].shape[0]
     scale = sum(g[i][i] for i in range(k)) + 1e-300
-    values, slopes = [], []
+    best_value, best = None, None
     for face in itertools.product((lo, 1.0, None), repeat=k):  # None: free
         open_ = [i for i in range(k) if face[i] is None]
-        a = [jnp.full(c.shape[0], 0.0 if b is None else b) for b in face]
-        ok = jnp.ones(c.shape[0], bool)
+        a = [jnp.full(m, 0.0 if b is None else b) for b in face]
+        ok = jnp.ones(m, bool)
         if open_:
             # G_FF a_F = -(h_F + G_FB a_B)
             rhs = [
@@ -227,32 +283,47 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
             ok = ok & (jnp.abs(det) > 1e-12 * scale ** len(open_))
         a = [jnp.clip(ai, lo, 1.0) for ai in a]
         value = sum(a[i] * (g[i][j] * a[j]) for i in range(k) for j in range(k))
-        value = value + 2 * sum(h[i] * a[i] for i in range(k))
-        values.append(jnp.where(ok, value, jnp.inf))
-        slopes.append(jnp.stack(a, axis=1))
-    return _first_least(values, slopes)
-
-
-def _first_least(values: list[Array], slopes: list[Array]) -> Array:
-    """The slopes of the first face of least value (face 0, all slopes at the lower
-    bound, if none is feasible). Up to 27 faces by a chain of selections; beyond,
-    by reductions over a face axis: XLA CPU fuses a chain of 81 into a kernel 60x
-    slower (K = 4: 392 vs 6.8 ms a 16-lane step), and the reductions cost 1.4x the
-    chain at K = 3."""
-    if len(values) <= 27:
-        best_value, best = values[0], slopes[0]
-        for value, a in zip(values[1:], slopes[1:]):
+        value = jnp.where(ok, value + 2 * sum(h[i] * a[i] for i in range(k)), jnp.inf)
+        a = jnp.stack(a, axis=1)
+        if best is None:
+            best_value, best = value, a
+        else:
             better = value < best_value
             best_value = jnp.where(better, value, best_value)
             best = jnp.where(better[:, None], a, best)
-        return best
-    values, slopes = jnp.stack(values, axis=1), jnp.stack(slopes, axis=1)
-    faces = jnp.arange(values.shape[1])
-    least = jnp.min(values, axis=1, keepdims=True)
-    first = jnp.min(
-        jnp.where(values == least, faces, faces.size), axis=1, keepdims=True
+    return best
+
+
+def _faces_along_axis(
+    g: Float[Array, "r k k"], h: Float[Array, "r k"], free, lo: float
+):
+    """The same enumeration with the 3^K faces on an axis (for a few rows: on all 64
+    neurons this was 2.5x slower than the chain, as XLA CPU recomputes shared terms
+    in every fused face)."""
+    k = h.shape[1]
+    state = np.array(list(itertools.product((0, 1, 2), repeat=k)))  # lo, 1, free
+    open_ = state == 2  # (F, k)
+    fixed = np.where(state == 1, 1.0, np.where(open_, 0.0, lo))
+    both = open_[:, :, None] & open_[:, None, :]
+    matrix = jnp.where(both, g[:, None], np.eye(k))  # (r, F, k, k)
+    rhs = jnp.where(open_, -(h[:, None] + jnp.einsum("rij,fj->rfi", g, fixed)), fixed)
+    matrix, rhs = jax.lax.optimization_barrier((matrix, rhs))
+    solution, det = _solve_gram(
+        [[matrix[..., i, j] for j in range(k)] for i in range(k)],
+        [rhs[..., i] for i in range(k)],
     )
-    return jnp.sum(jnp.where((faces == first)[..., None], slopes, 0.0), axis=1)
+    a, det = jax.lax.optimization_barrier((jnp.stack(solution, axis=-1), det))
+    inside = free[:, None] & (a >= lo - 1e-12) & (a <= 1 + 1e-12)
+    scale = jnp.trace(g, axis1=1, axis2=2)[:, None] + 1e-300
+    ok = jnp.all(~open_ | inside, axis=-1)
+    ok = ok & (jnp.abs(det) > 1e-12 * scale ** open_.sum(1))
+    a = jnp.clip(a, lo, 1.0)
+    value = jnp.einsum("rfi,rij,rfj->rf", a, g, a) + 2 * jnp.einsum("rfi,ri->rf", a, h)
+    value = jnp.where(ok, value, jnp.inf)
+    faces = np.arange(state.shape[0])
+    least = jnp.min(value, axis=1, keepdims=True)
+    first = jnp.min(jnp.where(value == least, faces, faces.size), axis=1)
+    return jnp.take_along_axis(a, first[:, None, None], axis=1)[:, 0]
 
 
 def _solve_gram(

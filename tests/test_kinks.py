@@ -72,6 +72,9 @@ def test_min_norm_slopes_solve_the_box_qp(k):
     c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
     target = 0.3 * rng.normal(size=(m, k))
     free = rng.random((m, k)) < 0.8
+    if k == 4:  # a fourth real slot on two neurons at most (FilippovFlow.kinks)
+        free[:, 3] = np.isin(np.arange(m), [5, 17])
+        free[5] = free[17] = True
     u = np.where(free[..., None], u, 0.0)
     target = np.where(free, target, 0.0)
     got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
