@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ._custom_types import Params
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
-from ._objective import AbstractFlow, GradientFlow, Objective, tree_norm
+from ._objective import AbstractFlow, FlatLayout, GradientFlow, Objective, tree_norm
 from ._progress import progress_bar, report_progress
 from ._result import FlowResult, STATUS_CODE, status_from_code
 from ._samplers import AbstractSampler, sample_members
@@ -47,18 +47,19 @@ _RUNNING, _IDLE, _JUMP = -1, -2, -3
 
 
 class _Source(eqx.Module):
-    """Initialization `i`: a row of stacked parameters, or a sampler's member i."""
+    """Initialization `i`, flat: a row of stacked parameters, or a sampler's member i."""
 
     stacked: Params | None
     sampler: AbstractSampler | None
     key: PRNGKeyArray | None
     like: Params
+    layout: FlatLayout
 
-    def __call__(self, index: Int[Array, ""]) -> Params:
+    def __call__(self, index: Int[Array, ""]) -> Float[Array, " size"]:
         if self.sampler is None:
-            return jtu.tree_map(lambda a: a[index], self.stacked)
+            return self.layout.ravel(jtu.tree_map(lambda a: a[index], self.stacked))
         members = sample_members(self.sampler, self.key, index[None], self.like)
-        return jtu.tree_map(lambda a: a[0], members)
+        return self.layout.ravel(jtu.tree_map(lambda a: a[0], members))
 
 
 class _Lane(eqx.Module):
@@ -566,17 +567,18 @@ def solve_ensemble(
     """
     check_arguments(model, data, gtol, t1, max_steps, stepsize_controller)
     params, skeleton = eqx.partition(model, trainable)
+    layout = FlatLayout(params)  # members are integrated as flat vectors
     if isinstance(inits, AbstractSampler):
         if key is None or num is None or num < 1:
             raise ValueError(f"a sampler needs a key and a positive num, got num={num}")
-        source = _Source(None, inits, key, params)
+        source = _Source(None, inits, key, params, layout)
     else:
         stacked = eqx.filter(inits, trainable)
         num = _check_stacked(params, stacked)
-        source = _Source(stacked, None, None, params)
+        source = _Source(stacked, None, None, params, layout)
     problem = _Problem(
         flow,
-        Objective(skeleton, loss),
+        Objective(skeleton, loss, layout),
         data,
         solver,
         stepsize_controller,

