@@ -44,6 +44,9 @@ from ._tail import TailJump
 
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
+# a lane whose t advances by less than _STALL_DT max(1, t) over _STALL tried steps
+# has stalled (on W2 such flows take steps of ~1e-6 from then on, to max_steps)
+_STALL, _STALL_DT = 1000, 1e-3
 
 
 class _Source(eqx.Module):
@@ -75,6 +78,7 @@ class _Lane(eqx.Module):
     rejected: Int[Array, ""]
     jumps: Int[Array, ""]
     next_jump: Float[Array, ""]
+    mark: Float[Array, ""]  # t at the last multiple of _STALL tried steps
 
 
 class _Problem(eqx.Module):
@@ -123,6 +127,7 @@ class _Problem(eqx.Module):
             next_jump=jnp.asarray(
                 self.tail.threshold if self.tail else 0.0, dtype=tnext.dtype
             ),
+            mark=jnp.zeros_like(tnext),
         )
 
     def step(self, lane: _Lane) -> _Lane:
@@ -169,6 +174,8 @@ class _Problem(eqx.Module):
             speed = self.flow.speed(self.objective, y, self.data)
         else:
             speed = jnp.where(keep & end[1], tree_norm(end[0]), jnp.inf)
+        checkpoint = (accepted + rejected) % _STALL == 0
+        stalled = checkpoint & (tprev - lane.mark < _STALL_DT * jnp.maximum(1.0, tprev))
         code = jnp.select(
             [
                 ~finite,
@@ -177,6 +184,7 @@ class _Problem(eqx.Module):
                 failed,
                 accepted + rejected >= self.max_steps,
                 tprev >= self.t1,
+                stalled,
             ],
             [
                 STATUS_CODE["nonfinite"],
@@ -185,6 +193,7 @@ class _Problem(eqx.Module):
                 STATUS_CODE["solver_failure"],
                 STATUS_CODE["step_limit"],
                 STATUS_CODE["time_limit"],
+                STATUS_CODE["stalled"],
             ],
             _RUNNING,
         )
@@ -201,6 +210,7 @@ class _Problem(eqx.Module):
             rejected=rejected,
             jumps=lane.jumps,
             next_jump=lane.next_jump,
+            mark=jnp.where(checkpoint, tprev, lane.mark),
         )
         running = lane.code == _RUNNING
         return jtu.tree_map(lambda a, b: jnp.where(running, a, b), new, lane)
@@ -562,7 +572,7 @@ def solve_ensemble(
             pool size are its fields) or `PlainVmap()` (the baseline).
         progress: show a tqdm bar of finished and converged members.
         retry: a flow for a second pass over the members that ended at
-            `max_steps`, from their starts, with everything else the same; e.g.
+            `max_steps` or stalled, from their starts, with everything else the same; e.g.
             `FilippovFlow(max_kinks=4)` after `FilippovFlow()` (on W2, the 1.6 % of
             starts where a neuron meets 4 kinks at once). Their results are those
             of the second pass, with the work of both passes in the counts.
@@ -596,7 +606,11 @@ def solve_ensemble(
     )
     with progress_bar(num, progress):
         result = engine.run(problem, source, num, progress)
-    stalled = np.flatnonzero(np.asarray(result.status == Status.step_limit))
+    stalled = np.flatnonzero(
+        np.asarray(
+            (result.status == Status.step_limit) | (result.status == Status.stalled)
+        )
+    )
     if retry is None or not stalled.size:
         return result
     pick = lambda a: a[stalled] if eqx.is_array(a) else a

@@ -18,6 +18,10 @@ class Status(eqx.Enumeration):
         "The exact flow reached a sliding mode: the field points into a kink surface "
         "from both sides (see the nonsmooth-flows issue)."
     )
+    stalled = (
+        "The steps collapsed: t advanced by less than 1e-3 max(1, t) over 1000 steps "
+        "(e.g. a ReLU flow chattering on a kink it cannot slide along); LanePool only."
+    )
 
 
 STATUS_NAMES = (
@@ -28,6 +32,7 @@ STATUS_NAMES = (
     "solver_failure",
     "diverged",
     "sliding",
+    "stalled",
 )
 
 

@@ -322,6 +322,7 @@ def _filippov_reference(x, y, v, hidden0, ts, *, bias, negative_slope, mean):
             limit = theta - np.linalg.pinv(jac @ proj, rcond=1e-10) @ (jac @ theta - y)
             out[ts > t] = limit  # at most (speed / curvature) away: ~1e-10
             return out, np.array(times), limit, faces
+        before = face, active
         exits = [k for k, f in enumerate(fired[len(off) :]) if f]
         if exits and not any(fired[: len(off)]):
             # The offset delays an exit by 1e-9 / |gap'|: back to the raw gap's root.
@@ -366,8 +367,11 @@ def _filippov_reference(x, y, v, hidden0, ts, *, bias, negative_slope, mean):
         # past the kink instead.
         left = (zero | (np.abs(z_of(theta)) < 1e-12)) & ~face
         shift = np.where(left, z_of(theta) - np.where(active, 1e-13, -1e-13), 0.0)
-        times.append(t)
-        faces.append(face)
+        # an event after which the face and the pattern are as before (an exit
+        # that re-enters at once: rounding of the multipliers) is no switch
+        if not (np.array_equal(face, before[0]) and np.array_equal(active, before[1])):
+            times.append(t)
+            faces.append(face)
 
 
 @functools.cache
