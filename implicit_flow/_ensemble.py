@@ -606,14 +606,14 @@ def solve_ensemble(
     )
     with progress_bar(num, progress):
         result = engine.run(problem, source, num, progress)
-    stalled = np.flatnonzero(
+    redo = np.flatnonzero(
         np.asarray(
             (result.status == Status.step_limit) | (result.status == Status.stalled)
         )
     )
-    if retry is None or not stalled.size:
+    if retry is None or not redo.size:
         return result
-    pick = lambda a: a[stalled] if eqx.is_array(a) else a
+    pick = lambda a: a[redo] if eqx.is_array(a) else a
     again = solve_ensemble(
         model,
         data,
@@ -635,7 +635,7 @@ def solve_ensemble(
     first = jtu.tree_map(pick, work(result))
     add = lambda a, b: jnp.where((a < 0) | (b < 0), -1, a + b)  # -1: unknown
     again = eqx.tree_at(work, again, jtu.tree_map(add, work(again), first))
-    merge = lambda a, b: a.at[stalled].set(b) if eqx.is_array(a) else a
+    merge = lambda a, b: a.at[redo].set(b) if eqx.is_array(a) else a
     return jtu.tree_map(merge, result, again)
 
 

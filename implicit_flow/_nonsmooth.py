@@ -18,8 +18,9 @@ $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and 
 gradient from all other entries. The box QP is solved exactly by enumerating its
 $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `max_kinks` per neuron
 (default 3: on W2, flows that met 3 at once stalled when only 2 were allowed, and
-1.5 % of them meet 4; beyond the first `max_kinks` in the band, entries keep the
-slope of their sign).
+1.6 % of them meet 4, which `solve_ensemble(retry=FilippovFlow(max_kinks=4))`
+solves again; beyond the first `max_kinks` in the band, entries keep the slope of
+their sign).
 """
 
 import itertools
@@ -36,6 +37,9 @@ from ._data import Dataset
 from ._kinks import band_sides, KinkSolver, LandOnKinks
 from ._objective import AbstractFlow, Objective
 from .models import ReLUNeuron, TwoLayerReLU
+
+
+_FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (max_kinks = 4)
 
 
 class FilippovFlow(AbstractFlow):
@@ -118,19 +122,7 @@ class FilippovFlow(AbstractFlow):
         """Per neuron, its first `max_kinks` `free` entries: indices, z, and which
         of the slots are real (the others hold index 0). With `max_kinks` = 4, the
         fourth slot is real on at most two neurons (the first ones that need it)."""
-        # k-th free entry by a running count and a masked sum: argmin/top_k
-        # selections cost ~10x a whole gradient on XLA CPU for this shape
-        count = jnp.cumsum(free.T, axis=1)  # (m, n)
-        index = jnp.arange(z.shape[0])
-        slots = range(self.max_kinks)
-        near = jnp.stack(
-            [
-                jnp.sum(jnp.where(free.T & (count == k + 1), index, 0), axis=1)
-                for k in slots
-            ],
-            axis=1,
-        )
-        real = jnp.stack([count[:, -1] > k for k in slots], axis=1)
+        near, real = _first_true(free.T, self.max_kinks)
         if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` neurons only
             fourth = real[:, 3] & (jnp.cumsum(real[:, 3]) <= _FULL_ROWS)
             real = real.at[:, 3].set(fourth)
@@ -235,9 +227,6 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
     return a
 
 
-_FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (K = 4)
-
-
 def _gram(c, u, target) -> tuple[list[list[Array]], list[Array]]:
     """The box QP's G = U U^T and h = U c - target, as lists of per-neuron arrays."""
     k = u.shape[1]
@@ -247,16 +236,18 @@ def _gram(c, u, target) -> tuple[list[list[Array]], list[Array]]:
 
 
 def _first_true(
-    mask: Bool[Array, " m"], count: int
-) -> tuple[Int[Array, " r"], Bool[Array, " r"]]:
-    """Indices of the first `count` true entries (0 where fewer), and which are real:
-    by a running count and masked sums, as in `FilippovFlow.kinks`."""
-    running = jnp.cumsum(mask)
-    index = jnp.arange(mask.shape[0])
-    rows = [
-        jnp.sum(jnp.where(mask & (running == r + 1), index, 0)) for r in range(count)
+    mask: Bool[Array, "*b n"], count: int
+) -> tuple[Int[Array, "*b c"], Bool[Array, "*b c"]]:
+    """Indices of the first `count` true entries along the last axis (0 where there
+    are fewer), and which are real. By a running count and masked sums: argmin /
+    top_k selections cost ~10x a whole gradient on XLA CPU for W2's shapes."""
+    running = jnp.cumsum(mask, axis=-1)
+    index = jnp.arange(mask.shape[-1])
+    first = [
+        jnp.sum(jnp.where(mask & (running == k + 1), index, 0), axis=-1)
+        for k in range(count)
     ]
-    return jnp.stack(rows), running[-1] > jnp.arange(count)
+    return jnp.stack(first, axis=-1), running[..., -1:] > jnp.arange(count)
 
 
 def _faces_chain(g, h, free, lo: float) -> Float[Array, "m k"]:
