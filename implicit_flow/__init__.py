@@ -34,6 +34,7 @@ from ._modified import ModifiedGradientFlow as ModifiedGradientFlow
 from ._nonsmooth import FilippovFlow as FilippovFlow, Pieces as Pieces
 from ._objective import (
     AbstractFlow as AbstractFlow,
+    FlatLayout as FlatLayout,
     GradientFlow as GradientFlow,
     Objective as Objective,
 )
