@@ -273,3 +273,18 @@ def test_two_processes_equal_one():
     )
     for a, b in zip(one.model.weights, two):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_flat_layout_round_trip_keeps_shapes_dtypes_and_leaf_order():
+    params = {
+        "a": np.arange(6.0).reshape(2, 3),
+        "b": np.array([0.5, -1.5, 2.5, 3.5], np.float32),
+        "c": np.array(7.0),
+    }
+    layout = imf.FlatLayout(params)
+    flat = layout.ravel(params)
+    np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5, 0.5, -1.5, 2.5, 3.5, 7])
+    back = layout.unravel(flat)
+    for key, leaf in params.items():
+        assert back[key].shape == leaf.shape and back[key].dtype == leaf.dtype
+        np.testing.assert_array_equal(back[key], leaf)
