@@ -27,6 +27,7 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
+from implicit_flow.cli import cpu_cores  # noqa: E402
 
 
 def workload(name: str):
@@ -162,7 +163,7 @@ def main():
     parser.add_argument(
         "--cpu-devices",
         type=int,
-        default=len(os.sched_getaffinity(0)),
+        default=cpu_cores(),
         help="CPU devices (default one per core); LanePool runs a pool on each",
     )
     args = parser.parse_args()

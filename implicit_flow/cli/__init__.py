@@ -15,9 +15,16 @@ def use_every_core() -> None:
     before JAX's first operation; later it leaves the devices as they are.
     """
     try:
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+        jax.config.update("jax_num_cpu_devices", cpu_cores())
     except RuntimeError:  # the backend is already up (main called in-process)
         pass
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (all of them where that is unknown)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:
