@@ -210,29 +210,20 @@ def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
     """
     k = u.shape[1]
     if k < 4:
-        return _faces_chain(*_gram(c, u, target), free, lo)
+        g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
+        h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
+        return _faces_chain(g, h, free, lo)
     a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo)
     a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
     rows, real = _first_true(free[:, 3], _FULL_ROWS)
-    g, h = _gram(c[rows], u[rows], target[rows])
-    full = _faces_along_axis(
-        jnp.stack([jnp.stack(row, -1) for row in g], -2),
-        jnp.stack(h, -1),
-        free[rows],
-        lo,
-    )
+    ur = u[rows]
+    g = jnp.einsum("rip,rjp->rij", ur, ur)
+    h = jnp.einsum("rip,rp->ri", ur, c[rows]) - target[rows]
+    full = _faces_along_axis(g, h, free[rows], lo)
     neuron = jnp.arange(a.shape[0])
     for r in range(_FULL_ROWS):
         a = jnp.where(((neuron == rows[r]) & real[r])[:, None], full[r], a)
     return a
-
-
-def _gram(c, u, target) -> tuple[list[list[Array]], list[Array]]:
-    """The box QP's G = U U^T and h = U c - target, as lists of per-neuron arrays."""
-    k = u.shape[1]
-    g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
-    h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
-    return g, h
 
 
 def _first_true(

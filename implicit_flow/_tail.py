@@ -94,14 +94,17 @@ class TailJump(eqx.Module):
         def gauss_newton(theta, _):
             value, jac = rows(theta), jax.jacrev(rows)(theta)
             if not sliding:
-                return theta - jac.T @ _solve_gram(jac, value), None
+                return theta - jac.T @ _pinv_gram(jac, value), None
             # the held rows are constraints, not residuals: first onto them, then
             # least squares along them (a data row that cannot be fitted, e.g. a
             # point whose entry is held at 0, must not pull the held entry off)
             res, jres, held_rows = value[:n], jac[:n], jac[n:]
-            step = -held_rows.T @ _solve_gram(held_rows, value[n:])
-            along = jres - (jres @ held_rows.T) @ _solve_gram(held_rows, held_rows)
-            step = step - along.T @ _solve_gram(along, res + jres @ step)
+            both = _pinv_gram(
+                held_rows, jnp.concatenate([value[n:, None], held_rows], 1)
+            )
+            step = -held_rows.T @ both[:, 0]
+            along = jres - (jres @ held_rows.T) @ both[:, 1:]
+            step = step - along.T @ _pinv_gram(along, res + jres @ step)
             return theta + step, None
 
         theta, _ = jax.lax.scan(gauss_newton, flat, None, length=self.iterations)
@@ -140,7 +143,7 @@ class TailJump(eqx.Module):
         return jumped, ok & jnp.where(jnp.any(held), endpoint, jnp.all(keeps))
 
 
-def _solve_gram(jac: Float[Array, "r p"], b: Float[Array, "r ..."]) -> Array:
+def _pinv_gram(jac: Float[Array, "r p"], b: Float[Array, "r ..."]) -> Array:
     """$(J J^\\top)^+ b$, by eigenvalues (those below 1e-12 of the largest are 0)."""
     vals, vecs = jnp.linalg.eigh(jac @ jac.T)
     cutoff = 1e-12 * jnp.max(vals)
