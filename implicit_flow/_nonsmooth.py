@@ -54,7 +54,13 @@ class FilippovFlow(AbstractFlow):
     ~1e-10 there (on W2: half the steps, a third of the evaluations per step);
     `max_kinks` (1 to 4, default 3), how many pre-activations of one neuron may sit
     on their kinks at once (the box QP has $3^K$ faces; 4 allows a fourth on two
-    neurons at a time, and a W2 step then costs ~1.3x that of 3).
+    neurons at a time, and a W2 step then costs ~1.3x that of 3); `kink_neurons`
+    (default 24, None for all), how many neurons per evaluation may have
+    entries on their kinks: only those are gathered into the box QP (on W2, with
+    64 neurons, at most 20 of 24 sampled flows had that many at once). Beyond
+    either limit, entries keep the slope of their sign: a flow that needs more
+    chatters at the band and stalls, and `solve_ensemble(retry=...)` can solve
+    it again with larger limits.
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -67,10 +73,15 @@ class FilippovFlow(AbstractFlow):
     pull: float = eqx.field(static=True, default=1.0)
     land: bool = eqx.field(static=True, default=True)
     max_kinks: int = eqx.field(static=True, default=3)
+    kink_neurons: int | None = eqx.field(static=True, default=24)
 
     def __check_init__(self):
         if not 1 <= self.max_kinks <= 4:
             raise ValueError(f"max_kinks must be 1 to 4, got {self.max_kinks}")
+        if self.kink_neurons is not None and self.kink_neurons < 1:
+            raise ValueError(
+                f"kink_neurons must be positive or None, got {self.kink_neurons}"
+            )
         if not self.band > 0 or not self.pull >= 0:
             raise ValueError(
                 f"band must be positive and pull non-negative, got {self.band}, {self.pull}"
@@ -120,9 +131,12 @@ class FilippovFlow(AbstractFlow):
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
     ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
         """Per neuron, its first `max_kinks` `free` entries: indices, z, and which
-        of the slots are real (the others hold index 0). With `max_kinks` = 4, the
-        fourth slot is real on at most two neurons (the first ones that need it)."""
+        of the slots are real (the others hold index 0), on the first
+        `kink_neurons` neurons that have any. With `max_kinks` = 4, the fourth
+        slot is real on at most two neurons (the first ones that need it)."""
         near, real = _first_true(free.T, self.max_kinks)
+        if self.kink_neurons is not None:  # slots are filled in order: any = the first
+            real = real & (jnp.cumsum(real[:, 0]) <= self.kink_neurons)[:, None]
         if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` neurons only
             fourth = real[:, 3] & (jnp.cumsum(real[:, 3]) <= _FULL_ROWS)
             real = real.at[:, 3].set(fourth)
@@ -157,7 +171,7 @@ class FilippovFlow(AbstractFlow):
         target = jnp.where(free, self.pull * zk * rv, 0.0)
         # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
         c, u, target, free = jax.lax.optimization_barrier((c, u, target, free))
-        a = _min_norm_slopes(c, u, target, free, alpha)
+        a = _min_norm_slopes(c, u, target, free, alpha, self.kink_neurons)
         grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
         grad_v = act.T @ r
         leaves = _as_params(model, objective.leaves(params), -grad_hidden, -grad_v)
@@ -195,19 +209,32 @@ def _checked(model):
     return model
 
 
-def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
+def _min_norm_slopes(
+    c, u, target, free, lo: float, neurons: int | None = None
+) -> Float[Array, "m k"]:
     """argmin over a in [lo, 1]^K of |c + sum_k a_k u_k|^2 - 2 target . a, per neuron.
 
     Exact: the minimum lies in the relative interior of one of the 3^K faces of the
     box, where it is the face's unconstrained minimizer; each face's small system
     (at most K x K) is solved by unrolled elimination, elementwise over neurons
-    (no batched linear solves), and the feasible face of least value wins. Up to
-    K = 3 every neuron goes through the 27 faces as a chain of selections. At
-    K = 4 at most `_FULL_ROWS` neurons may have a real fourth slot (`kinks` sees
-    to it): those few are gathered and solved over all 81 faces along a face axis,
-    the rest by the chain on their first three slots. (81 faces for every neuron
-    cost 5.7x the whole step of K = 3.)
+    (no batched linear solves), and the feasible face of least value wins. Only
+    the neurons with a real slot (at most `neurons` of them, as `kinks` sees to)
+    are gathered and solved; the others have u = 0 and get `lo`. Up to K = 3
+    they go through the 27 faces as a chain of selections. At K = 4 at most
+    `_FULL_ROWS` neurons may have a real fourth slot: those few are gathered
+    again and solved over all 81 faces along a face axis, the rest by the chain
+    on their first three slots. (81 faces for every neuron cost 5.7x the whole
+    step of K = 3.)
     """
+    m = c.shape[0]
+    if neurons is not None and neurons < m:
+        rows, real = _first_true(free[:, 0], neurons)
+        take = lambda a: a[rows]
+        free = take(free) & real[:, None]
+        a = _min_norm_slopes(take(c), take(u), take(target), free, lo)
+        return (
+            jnp.full_like(target, lo).at[jnp.where(real, rows, m)].set(a, mode="drop")
+        )
     k = u.shape[1]
     if k < 4:
         g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]

@@ -60,9 +60,11 @@ def test_landing_keeps_the_exact_filippov_limit_with_fewer_rejections(y3):
     assert 3 * int(runs[0].num_rejected) <= 2 * int(runs[1].num_rejected)
 
 
+@pytest.mark.parametrize("neurons", [None, 13])
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_min_norm_slopes_solve_the_box_qp(k):
-    # the closed-form face enumeration against quadprog, per neuron
+def test_min_norm_slopes_solve_the_box_qp(k, neurons):
+    # the closed-form face enumeration against quadprog, per neuron; with
+    # `neurons`, the 13 neurons that have real slots are gathered (as kinks allows)
     import quadprog
 
     from implicit_flow._nonsmooth import _min_norm_slopes
@@ -72,12 +74,15 @@ def test_min_norm_slopes_solve_the_box_qp(k):
     c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
     target = 0.3 * rng.normal(size=(m, k))
     free = rng.random((m, k)) < 0.8
+    free[:, 0] = True  # kinks fills slots in order
+    if neurons is not None:
+        free[np.arange(m) % 3 != 1] = False
     if k == 4:  # a fourth real slot on two neurons at most (FilippovFlow.kinks)
-        free[:, 3] = np.isin(np.arange(m), [5, 17])
-        free[5] = free[17] = True
+        free[:, 3] = np.isin(np.arange(m), [7, 16])
+        free[7] = free[16] = True
     u = np.where(free[..., None], u, 0.0)
     target = np.where(free, target, 0.0)
-    got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
+    got = np.asarray(_min_norm_slopes(c, u, target, free, lo, neurons))
     for j in range(m):
         g = u[j] @ u[j].T + 1e-12 * np.eye(k)
         h = u[j] @ c[j] - target[j]
@@ -90,10 +95,24 @@ def test_min_norm_slopes_solve_the_box_qp(k):
         assert np.all(got[j] >= lo - 1e-12) and np.all(got[j] <= 1 + 1e-12)
 
 
+def test_kink_slots_go_to_the_first_kink_neurons_only():
+    # 5 neurons; entries in the band on neurons 0 (two), 2 and 3 (one each)
+    z = np.full((4, 5), 0.5)
+    z[0, 0] = z[2, 0] = z[1, 2] = z[3, 3] = 1e-10
+    flow = imf.FilippovFlow(kink_neurons=2)
+    near, _, real = flow.kinks(jnp.asarray(z), flow.sides(jnp.asarray(z)) == 0)
+    np.testing.assert_array_equal(real.sum(1), [2, 0, 1, 0, 0])
+    np.testing.assert_array_equal(near[0, :2], [0, 2])
+    assert near[2, 0] == 1
+    _, _, real = imf.FilippovFlow().kinks(jnp.asarray(z), jnp.asarray(z) < 1e-8)
+    np.testing.assert_array_equal(real.sum(1), [2, 0, 1, 1, 0])
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
         ({"max_kinks": 5}, "max_kinks"),
+        ({"kink_neurons": 0}, "kink_neurons"),
         ({"band": 0.0}, "band"),
         ({"pull": -1.0}, "pull"),
     ],
