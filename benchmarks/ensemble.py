@@ -96,7 +96,7 @@ def run(engine, tail, flow, args, model, data, sampler, key):
         gtol=args.gtol,
         max_steps=args.max_steps,
         engine=engine,
-        retry=imf.FilippovFlow(max_kinks=args.retry_kinks)
+        retry=imf.FilippovFlow(max_kinks=args.retry_kinks, kink_neurons=None)
         if args.retry_kinks
         else None,
     )
@@ -151,7 +151,7 @@ def main():
         "--retry-kinks",
         type=int,
         default=0,
-        help="W2: solve_ensemble(retry=FilippovFlow(max_kinks=K)): members that "
+        help="W2: solve_ensemble(retry=FilippovFlow(max_kinks=K, kink_neurons=None)): members that "
         "stall or end at max_steps are solved again (inside the timed call; their "
         "counts hold both passes)",
     )

@@ -573,8 +573,8 @@ def solve_ensemble(
         progress: show a tqdm bar of finished and converged members.
         retry: a flow for a second pass over the members that ended at
             `max_steps` or stalled, from their starts, with everything else the same; e.g.
-            `FilippovFlow(max_kinks=4)` after `FilippovFlow()` (on W2, the 1.6 % of
-            starts where a neuron meets 4 kinks at once). Their results are those
+            `FilippovFlow(max_kinks=4, kink_neurons=None)` after `FilippovFlow()`
+            (on W2, the 1.6 % of starts where a neuron meets 4 kinks at once). Their results are those
             of the second pass, with the work of both passes in the counts.
 
     Returns:

@@ -18,9 +18,10 @@ $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and 
 gradient from all other entries. The box QP is solved exactly by enumerating its
 $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `max_kinks` per neuron
 (default 3: on W2, flows that met 3 at once stalled when only 2 were allowed, and
-1.6 % of them meet 4, which `solve_ensemble(retry=FilippovFlow(max_kinks=4))`
-solves again; beyond the first `max_kinks` in the band, entries keep the slope of
-their sign).
+1.6 % of them meet 4, which `solve_ensemble(retry=FilippovFlow(max_kinks=4,
+kink_neurons=None))` solves again; beyond the first `max_kinks` in the band,
+entries keep the slope of their sign). Only the neurons with entries in the band
+(at most `kink_neurons`) are gathered into the QP.
 """
 
 import itertools
@@ -107,11 +108,11 @@ class FilippovFlow(AbstractFlow):
 
     def _pieces(self, z, x, alpha) -> "Pieces":
         sides = self.sides(z)
-        near, _, free = self.kinks(z, sides == 0)
-        held = held_entries(near, free, z.shape[0])
+        rows, near, free = self.kinks(z, sides == 0)
+        held = held_entries(rows, near, free, z.shape)
         slope = jnp.where(held, 0.0, jnp.where(z > 0, 1.0, alpha))
         inputs = jnp.where(free[..., None], x[near], 0.0)
-        return Pieces(sides, near, free, slope, inputs)
+        return Pieces(sides, rows, near, free, slope, inputs)
 
     def integrator(self, objective, solver, controller):
         """With `land` (default), `KinkSolver` and `LandOnKinks` around the pair."""
@@ -129,18 +130,23 @@ class FilippovFlow(AbstractFlow):
 
     def kinks(
         self, z: Float[Array, "n m"], free: Bool[Array, "n m"]
-    ) -> tuple[Int[Array, "m k"], Float[Array, "m k"], Bool[Array, "m k"]]:
-        """Per neuron, its first `max_kinks` `free` entries: indices, z, and which
-        of the slots are real (the others hold index 0), on the first
-        `kink_neurons` neurons that have any. With `max_kinks` = 4, the fourth
-        slot is real on at most two neurons (the first ones that need it)."""
+    ) -> tuple[Int[Array, " c"], Int[Array, "c k"], Bool[Array, "c k"]]:
+        """The first `kink_neurons` neurons with `free` entries (`rows`, padded
+        with 0; all neurons if None), and per row its first `max_kinks` free
+        entries: their indices, and which of the slots are real (the others, and
+        every slot of a padding row, are not). With `max_kinks` = 4, the fourth
+        slot is real on at most two rows (the first ones that need it)."""
         near, real = _first_true(free.T, self.max_kinks)
-        if self.kink_neurons is not None:  # slots are filled in order: any = the first
-            real = real & (jnp.cumsum(real[:, 0]) <= self.kink_neurons)[:, None]
-        if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` neurons only
-            fourth = real[:, 3] & (jnp.cumsum(real[:, 3]) <= _FULL_ROWS)
+        m = z.shape[1]
+        if self.kink_neurons is None or self.kink_neurons >= m:
+            rows = jnp.arange(m)
+        else:  # slots are filled in order: a neuron has any iff its first is real
+            rows, some = _first_true(real[:, 0], self.kink_neurons)
+            near, real = near[rows], real[rows] & some[:, None]
+        if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` rows only
+            fourth = real[:, 3] & (_running_count(real[:, 3]) <= _FULL_ROWS)
             real = real.at[:, 3].set(fourth)
-        return near, jnp.take_along_axis(z.T, near, axis=1), real
+        return rows, near, real
 
     def velocity(
         self,
@@ -158,21 +164,22 @@ class FilippovFlow(AbstractFlow):
         z = x @ hidden.T  # (n, m)
         alpha = model.negative_slope
         pieces = self._pieces(z, x, alpha) if pieces is None else pieces
-        sides, free = pieces.sides, pieces.free
+        sides, free, rows = pieces.sides, pieces.free, pieces.rows
         act = jnp.where(
             sides > 0, z, jnp.where(sides < 0, alpha * z, jnp.maximum(z, alpha * z))
         )
         r = jax.grad(objective.loss)(act @ v, data.y)  # dL/df(x_i)
-        rv = r[pieces.near] * v[:, None]  # (m, K)
-        zk = jnp.einsum("mkp,mp->mk", pieces.inputs, hidden)
+        rv = r[pieces.near] * v[rows, None]  # (c, K)
+        zk = jnp.einsum("ckp,cp->ck", pieces.inputs, hidden[rows])
         # (m, p): the gradient off the free entries
-        c = jnp.einsum("nm,np->mp", pieces.slope * r[:, None] * v, x)
+        off = jnp.einsum("nm,np->mp", pieces.slope * r[:, None] * v, x)
         u = rv[..., None] * pieces.inputs
         target = jnp.where(free, self.pull * zk * rv, 0.0)
         # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
-        c, u, target, free = jax.lax.optimization_barrier((c, u, target, free))
-        a = _min_norm_slopes(c, u, target, free, alpha, self.kink_neurons)
-        grad_hidden = c + jnp.einsum("mk,mkp->mp", a, u)
+        c, u, target, free = jax.lax.optimization_barrier((off[rows], u, target, free))
+        a = _min_norm_slopes(c, u, target, free, alpha)
+        # padding rows have u = 0: adding their 0 to row 0 changes nothing
+        grad_hidden = off.at[rows].add(jnp.einsum("ck,ckp->cp", a, u))
         grad_v = act.T @ r
         leaves = _as_params(model, objective.leaves(params), -grad_hidden, -grad_v)
         return objective.like_params(leaves)
@@ -180,25 +187,30 @@ class FilippovFlow(AbstractFlow):
 
 class Pieces(eqx.Module):
     """Final. Where each pre-activation is, as a step frozen there needs it:
-    `sides` (n, m) in {-1, 0, 1} (below, inside, above the band); per neuron the
-    indices `near` (m, K) of up to `max_kinks` entries with a free slope and
-    `free` (m, K) marking the real ones, with their rows `inputs` (m, K, p) of
-    [x_i; 1] (0 on empty slots); and `slope` (n, m), sigma' of every other entry
-    (that of its side; 0 on the free ones)."""
+    `sides` (n, m) in {-1, 0, 1} (below, inside, above the band); the neurons
+    `rows` (c,) with entries of free slope (see `FilippovFlow.kinks`), and per
+    row the indices `near` (c, K) of up to `max_kinks` such entries, `free`
+    (c, K) marking the real ones, and their `inputs` (c, K, p), the rows
+    [x_i; 1] (0 on empty slots); and `slope` (n, m), sigma' of every other
+    entry (that of its side; 0 on the free ones)."""
 
     sides: Int[Array, "n m"]
-    near: Int[Array, "m k"]
-    free: Bool[Array, "m k"]
+    rows: Int[Array, " c"]
+    near: Int[Array, "c k"]
+    free: Bool[Array, "c k"]
     slope: Float[Array, "n m"]
-    inputs: Float[Array, "m k p"]
+    inputs: Float[Array, "c k p"]
 
 
 def held_entries(
-    near: Int[Array, "m k"], free: Bool[Array, "m k"], n: int
+    rows: Int[Array, " c"],
+    near: Int[Array, "c k"],
+    free: Bool[Array, "c k"],
+    shape: tuple[int, int],
 ) -> Bool[Array, "n m"]:
-    """The (n, m) mask of the entries in a neuron's real kink slots (see `kinks`)."""
-    onehot = (near[:, :, None] == jnp.arange(n)) & free[:, :, None]
-    return jnp.any(onehot, axis=1).T
+    """The (n, m) mask of the entries in the real kink slots (see `kinks`)."""
+    entry = jnp.where(free, near, shape[0])  # out of range: dropped
+    return jnp.zeros(shape, bool).at[entry, rows[:, None]].set(True, mode="drop")
 
 
 def _checked(model):
@@ -209,32 +221,19 @@ def _checked(model):
     return model
 
 
-def _min_norm_slopes(
-    c, u, target, free, lo: float, neurons: int | None = None
-) -> Float[Array, "m k"]:
-    """argmin over a in [lo, 1]^K of |c + sum_k a_k u_k|^2 - 2 target . a, per neuron.
+def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
+    """argmin over a in [lo, 1]^K of |c + sum_k a_k u_k|^2 - 2 target . a, per row.
 
     Exact: the minimum lies in the relative interior of one of the 3^K faces of the
     box, where it is the face's unconstrained minimizer; each face's small system
-    (at most K x K) is solved by unrolled elimination, elementwise over neurons
-    (no batched linear solves), and the feasible face of least value wins. Only
-    the neurons with a real slot (at most `neurons` of them, as `kinks` sees to)
-    are gathered and solved; the others have u = 0 and get `lo`. Up to K = 3
-    they go through the 27 faces as a chain of selections. At K = 4 at most
-    `_FULL_ROWS` neurons may have a real fourth slot: those few are gathered
-    again and solved over all 81 faces along a face axis, the rest by the chain
-    on their first three slots. (81 faces for every neuron cost 5.7x the whole
-    step of K = 3.)
+    (at most K x K) is solved by unrolled elimination, elementwise over rows
+    (no batched linear solves), and the feasible face of least value wins. Up to
+    K = 3 every row goes through the 27 faces as a chain of selections. At K = 4
+    at most `_FULL_ROWS` rows may have a real fourth slot (`kinks` sees to it):
+    those few are gathered and solved over all 81 faces along a face axis, the
+    rest by the chain on their first three slots. (81 faces for every neuron
+    cost 5.7x the whole step of K = 3.)
     """
-    m = c.shape[0]
-    if neurons is not None and neurons < m:
-        rows, real = _first_true(free[:, 0], neurons)
-        take = lambda a: a[rows]
-        free = take(free) & real[:, None]
-        a = _min_norm_slopes(take(c), take(u), take(target), free, lo)
-        return (
-            jnp.full_like(target, lo).at[jnp.where(real, rows, m)].set(a, mode="drop")
-        )
     k = u.shape[1]
     if k < 4:
         g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
@@ -259,13 +258,19 @@ def _first_true(
     """Indices of the first `count` true entries along the last axis (0 where there
     are fewer), and which are real. By a running count and masked sums: argmin /
     top_k selections cost ~10x a whole gradient on XLA CPU for W2's shapes."""
-    running = jnp.cumsum(mask, axis=-1)
+    running = _running_count(mask)
     index = jnp.arange(mask.shape[-1])
     first = [
         jnp.sum(jnp.where(mask & (running == k + 1), index, 0), axis=-1)
         for k in range(count)
     ]
     return jnp.stack(first, axis=-1), running[..., -1:] > jnp.arange(count)
+
+
+def _running_count(mask: Bool[Array, "*b n"]) -> Int[Array, "*b n"]:
+    """`cumsum` along the last axis by a log-depth scan: XLA CPU lowers `cumsum`
+    to a window reduction of n^2 work (for W2, 1.8x the cost of `_first_true`)."""
+    return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=-1)
 
 
 def _faces_chain(g, h, free, lo: float) -> Float[Array, "m k"]:

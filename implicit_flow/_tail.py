@@ -69,7 +69,7 @@ class TailJump(eqx.Module):
         fits = jnp.asarray(True)
         if sliding:  # rows for the entries held at 0, compacted (at most `capacity`)
             z = _preactivations(model, data)[0]
-            near, _, kinks = flow.kinks(z, flow.sides(z) == 0)
+            neurons, near, kinks = flow.kinks(z, flow.sides(z) == 0)
             capacity = _held_rows(model, data, flow)
             count = jnp.cumsum(kinks.ravel())
             fits = count[-1] <= capacity
@@ -86,7 +86,7 @@ class TailJump(eqx.Module):
             out = jax.vmap(m)(data.x) - data.y
             if not sliding:
                 return out
-            zk = jnp.take_along_axis(_preactivations(m, data)[0].T, near, axis=1)
+            zk = _preactivations(m, data)[0].T[neurons[:, None], near]
             return jnp.concatenate([out, jnp.where(used, zk.ravel()[pick], 0.0)])
 
         n = data.x.shape[0]
@@ -116,7 +116,7 @@ class TailJump(eqx.Module):
             return jumped, ok & (_piecewise_quadratic(model) | near_enough)
         held = jnp.zeros(_preactivations(model, data)[0].shape, bool)
         if sliding:  # entries held on their kink are exempt from the side test
-            held = held_entries(near, kinks, held.shape[0])
+            held = held_entries(neurons, near, kinks, held.shape)
         z_of = lambda th: _preactivations(objective.model(unravel(th)), data)[0]
         side = jnp.sign(z_of(flat))
         near_enough = jnp.linalg.norm(theta - flat) <= self.radius
@@ -160,6 +160,7 @@ def _held_rows(model, data: Dataset, flow: AbstractFlow) -> int:
     ):
         return 0
     width = 1 if isinstance(model, ReLUNeuron) else model.hidden_weight.shape[0]
+    width = min(width, flow.kink_neurons or width)
     return min(width * flow.max_kinks, data.x.shape[0])
 
 

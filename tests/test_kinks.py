@@ -1,6 +1,7 @@
 """KinkSolver / LandOnKinks: steps that end on kinks, against closed forms and exact flows."""
 
 import diffrax as dfx
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -60,11 +61,9 @@ def test_landing_keeps_the_exact_filippov_limit_with_fewer_rejections(y3):
     assert 3 * int(runs[0].num_rejected) <= 2 * int(runs[1].num_rejected)
 
 
-@pytest.mark.parametrize("neurons", [None, 13])
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
-def test_min_norm_slopes_solve_the_box_qp(k, neurons):
-    # the closed-form face enumeration against quadprog, per neuron; with
-    # `neurons`, the 13 neurons that have real slots are gathered (as kinks allows)
+def test_min_norm_slopes_solve_the_box_qp(k):
+    # the closed-form face enumeration against quadprog, per neuron
     import quadprog
 
     from implicit_flow._nonsmooth import _min_norm_slopes
@@ -74,15 +73,12 @@ def test_min_norm_slopes_solve_the_box_qp(k, neurons):
     c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
     target = 0.3 * rng.normal(size=(m, k))
     free = rng.random((m, k)) < 0.8
-    free[:, 0] = True  # kinks fills slots in order
-    if neurons is not None:
-        free[np.arange(m) % 3 != 1] = False
     if k == 4:  # a fourth real slot on two neurons at most (FilippovFlow.kinks)
-        free[:, 3] = np.isin(np.arange(m), [7, 16])
-        free[7] = free[16] = True
+        free[:, 3] = np.isin(np.arange(m), [5, 17])
+        free[5] = free[17] = True
     u = np.where(free[..., None], u, 0.0)
     target = np.where(free, target, 0.0)
-    got = np.asarray(_min_norm_slopes(c, u, target, free, lo, neurons))
+    got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
     for j in range(m):
         g = u[j] @ u[j].T + 1e-12 * np.eye(k)
         h = u[j] @ c[j] - target[j]
@@ -100,11 +96,13 @@ def test_kink_slots_go_to_the_first_kink_neurons_only():
     z = np.full((4, 5), 0.5)
     z[0, 0] = z[2, 0] = z[1, 2] = z[3, 3] = 1e-10
     flow = imf.FilippovFlow(kink_neurons=2)
-    near, _, real = flow.kinks(jnp.asarray(z), flow.sides(jnp.asarray(z)) == 0)
-    np.testing.assert_array_equal(real.sum(1), [2, 0, 1, 0, 0])
+    rows, near, real = flow.kinks(jnp.asarray(z), flow.sides(jnp.asarray(z)) == 0)
+    np.testing.assert_array_equal(rows, [0, 2])
+    np.testing.assert_array_equal(real.sum(1), [2, 1])
     np.testing.assert_array_equal(near[0, :2], [0, 2])
-    assert near[2, 0] == 1
-    _, _, real = imf.FilippovFlow().kinks(jnp.asarray(z), jnp.asarray(z) < 1e-8)
+    assert near[1, 0] == 1
+    rows, _, real = imf.FilippovFlow().kinks(jnp.asarray(z), jnp.asarray(z) < 1e-8)
+    np.testing.assert_array_equal(rows, np.arange(5))
     np.testing.assert_array_equal(real.sum(1), [2, 0, 1, 1, 0])
 
 
@@ -145,3 +143,57 @@ def test_the_end_velocity_is_the_field_at_the_step_end_unless_a_kink_was_crossed
         np.testing.assert_allclose(f1, -rate * y1, rtol=1e-14)
         assert bool(exact) == fresh
     assert end_velocity(dfx.Heun(), None) is None  # no FSAL stage to read
+
+
+def test_the_velocity_of_gathered_kink_neurons_is_the_minimal_norm_subgradient():
+    # neurons 1, 3 (two entries) and 4 sit on kinks; the velocity against a
+    # per-neuron quadprog solve of the minimal-norm element of -dL
+    import quadprog
+
+    rng = np.random.default_rng(3)
+    n, d, m = 8, 3, 6
+    x, y = rng.normal(size=(n, d)), rng.normal(size=n)
+    w, v, b = rng.normal(size=(m, d)), rng.normal(size=m), rng.normal(size=m)
+    e = x[5] - x[2]
+    w[3] -= (w[3] @ e) / (e @ e) * e  # so that z_23 = z_53
+    for i, j in [(0, 1), (2, 3), (6, 4)]:
+        b[j] = -w[j] @ x[i] - 1e-10  # in the band, on the negative side
+    model = imf.TwoLayerReLU(w, v, b)
+    params, skeleton = eqx.partition(model, eqx.is_inexact_array)
+    objective = imf.Objective(skeleton, imf.SumSquareLoss())
+    data = imf.Dataset(x, y)
+    xb = np.concatenate([x, np.ones((n, 1))], axis=1)
+    z = xb @ np.concatenate([w, b[:, None]], axis=1).T
+    kinks = np.abs(z) < 1e-9
+    assert kinks.sum() == 4 and kinks[5, 3]
+
+    def expected(solved):  # neurons whose kinks are solved; others take slope 0
+        r = np.maximum(z, 0.0) @ v - y
+        held = kinks & np.isin(np.arange(m), solved)
+        grad = np.einsum(
+            "nm,np->mp", np.where(held | (z <= 0), 0.0, 1.0) * r[:, None] * v, xb
+        )
+        for j in solved:
+            rows = np.flatnonzero(held[:, j])
+            u = r[rows, None] * v[j] * xb[rows]
+            k = len(rows)
+            bounds = np.concatenate([np.eye(k), -np.eye(k)], axis=1)
+            a = quadprog.solve_qp(
+                u @ u.T + 1e-13 * np.eye(k),
+                -u @ grad[j],
+                bounds,
+                np.r_[np.zeros(k), -np.ones(k)],
+            )[0]
+            grad[j] += a @ u
+        return -grad, -(np.maximum(z, 0.0).T @ r)
+
+    for flow, solved in [
+        (imf.FilippovFlow(), [1, 3, 4]),
+        (imf.FilippovFlow(kink_neurons=3), [1, 3, 4]),
+        (imf.FilippovFlow(kink_neurons=2), [1, 3]),
+    ]:
+        got = flow.velocity(objective, params, data)
+        hidden, out = expected(solved)
+        np.testing.assert_allclose(got.hidden_weight, hidden[:, :d], atol=1e-9)
+        np.testing.assert_allclose(got.hidden_bias, hidden[:, d], atol=1e-9)
+        np.testing.assert_allclose(got.output_weight, out, atol=1e-12)
