@@ -58,7 +58,7 @@ class FilippovFlow(AbstractFlow):
     neurons at a time, and a W2 step then costs ~1.3x that of 3); `kink_neurons`
     (default 24, None for all), how many neurons per evaluation may have
     entries on their kinks: only those are gathered into the box QP (on W2, with
-    64 neurons, at most 20 of 24 sampled flows had that many at once). Beyond
+    64 neurons, whole flows from 24 starts had at most 7 to 20 at once). Beyond
     either limit, entries keep the slope of their sign: a flow that needs more
     chatters at the band and stalls, and `solve_ensemble(retry=...)` can solve
     it again with larger limits.
@@ -269,7 +269,7 @@ def _first_true(
 
 def _running_count(mask: Bool[Array, "*b n"]) -> Int[Array, "*b n"]:
     """`cumsum` along the last axis by a log-depth scan: XLA CPU lowers `cumsum`
-    to a window reduction of n^2 work (for W2, 1.8x the cost of `_first_true`)."""
+    to a window reduction of n^2 work (for W2, 1.7x the cost of `_first_true`)."""
     return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=-1)
 
 
