@@ -271,8 +271,8 @@ def test_retry_solves_again_the_members_that_ended_at_max_steps():
 def test_sliding_flows_in_the_lane_pool_match_the_exact_filippov_limits():
     # FilippovFlow in the lane pool: limits vs exact_flow, and the work that of
     # solve_flow (engines differ in cost, not results: a first stage that the
-    # pool got wrong after a crossing would cost rejections, +7 % with a zero one)
-    rng = np.random.default_rng(115)  # 6 of the 12 starts slide
+    # pool got wrong after a crossing would cost rejections, +6 % with a zero one)
+    rng = np.random.default_rng(115)  # 4 of the 8 starts slide
     x = rng.normal(size=(5, 3))
     teacher = rng.normal(size=(2, 3))
     v = np.array([1.0, -0.5])
@@ -284,7 +284,7 @@ def test_sliding_flows_in_the_lane_pool_match_the_exact_filippov_limits():
             0.1 * rng.normal(size=2),
             train_output=False,
         )
-        for _ in range(12)
+        for _ in range(8)
     ]
     exact = [imf.exact_flow(model, data) for model in starts]
     slides = [
@@ -304,7 +304,7 @@ def test_sliding_flows_in_the_lane_pool_match_the_exact_filippov_limits():
     single = [
         imf.solve_flow(m, data, gtol=1e-11, flow=imf.FilippovFlow()) for m in starts
     ]
-    rejected = sum(int(one.num_rejected) for one in single)  # 6 425; measured 6 415
+    rejected = sum(int(one.num_rejected) for one in single)  # 4 277; pool 4 275
     assert abs(int(jnp.sum(result.num_rejected)) - rejected) <= 0.01 * rejected
     for i, e in enumerate(exact):
         np.testing.assert_allclose(
