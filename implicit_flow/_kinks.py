@@ -96,6 +96,7 @@ class _LandState(eqx.Module):
     inner: object
     want: Float[Array, ""]  # the controller's step size before a landing began
     landing: Bool[Array, ""]
+    passing: Bool[Array, "n m"]  # entries the next step may carry across the band
 
 
 class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
@@ -105,13 +106,20 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
     `band`, the half-width of the kinks' band (crossings are of its edges);
     `slack`, how far past a band edge (in z, as a fraction of `band`) a step may
     end and still be accepted: creeping exits from a sliding surface (the field
-    is continuous there) then do not stall the solve in ever shorter steps.
+    is continuous there) then do not stall the solve in ever shorter steps;
+    `crosses` (optional), (params, data, z, dz/dt) -> the (n, m) entries that
+    the field on the band's other side would carry on through it: a step then
+    ends past such a kink's far edge (up to a whole `band` past it) instead of
+    landing in the band, which saves the steps into, through and out of it
+    (a transversal crossing needs no slope from the band; a wrong guess costs a
+    landing from the other side).
     """
 
     controller: dfx.AbstractAdaptiveStepSizeController
     surfaces: Callable[[Params, Dataset], Float[Array, "n m"]]
     band: float = eqx.field(static=True)
     slack: float = eqx.field(static=True, default=0.01)
+    crosses: Callable[[Params, Dataset, Array, Array], Bool[Array, "n m"]] | None = None
 
     @property
     def rtol(self):
@@ -134,13 +142,21 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         t1, inner = self.controller.init(
             terms, t0, t1, y0, dt0, args, func, error_order
         )
-        return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False))
+        passing = jnp.zeros(self.surfaces(y0, args).shape, bool)
+        return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False), passing)
 
-    def _edge(self, side, direction):
-        """The band edge an entry on `side` meets moving in `direction`, and the
-        landing aim `slack` / 2 past it."""
-        edge = jnp.where(side != 0, side, jnp.sign(direction)) * self.band
-        return edge, edge + jnp.sign(direction) * (self.slack * self.band) / 2
+    def _edge(self, side, direction, passing):
+        """The band edge an entry on `side` meets moving in `direction`, how far past
+        it a step may end, and the landing aim halfway there. A `passing` entry
+        meets the far edge and may end up to a whole `band` past it (the field on
+        its side is the right one there)."""
+        passing = passing & (side != 0)
+        edge = jnp.where(
+            side != 0, jnp.where(passing, -side, side), jnp.sign(direction)
+        )
+        edge = edge * self.band
+        slack = jnp.where(passing, 1.0, self.slack) * self.band
+        return edge, slack, edge + jnp.sign(direction) * slack / 2
 
     def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
         keep, _, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
@@ -152,9 +168,10 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         side0, side1 = band_sides(z0, self.band), band_sides(z1, self.band)
         dz = z1 - z0
         # band edges this step crossed: landing aims slack/2 past them
-        edge, aim = self._edge(side0, dz)
+        edge, slack, aim = self._edge(side0, dz, state.passing)
         crossed = side1 != side0
-        late = jnp.any(crossed & (jnp.abs(z1 - edge) > self.slack * self.band))
+        # (past it: a passing entry may stop in the band, where it then lands)
+        late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > slack))
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
         # that parabola lands far short, so exits from deep in the band take its
         # root (a crossing passes through the band from a landing at its edge)
@@ -165,7 +182,11 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         accept = keep & ~late
         # the next band edge ahead of the end point, along the step's secant
         velocity = dz / h
-        edge, aim = self._edge(side1, velocity)
+        passing = jnp.zeros_like(state.passing)
+        if self.crosses is not None:
+            passing = self.crosses(y1, args, z1, velocity)
+            passing = jnp.where(accept, passing, state.passing)
+        edge, _, aim = self._edge(side1, velocity, passing)
         ahead = jnp.where(
             (edge - z1) * velocity > 0, (aim - z1) / _nonzero(velocity), jnp.inf
         )
@@ -185,7 +206,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
             next_t0,
             next_t0 + dt,
             made_jump,
-            _LandState(inner, want, landing),
+            _LandState(inner, want, landing, passing),
             result,
         )
 

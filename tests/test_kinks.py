@@ -13,8 +13,9 @@ from implicit_flow import KinkSolver, LandOnKinks
 BAND = 1e-8
 
 
-def _toy(land: bool):
-    """y' = 1 below y = 1/2 and 3 above it (2 inside the band): y(1) = 2 from y(0) = 0."""
+def _toy(land: bool, cross: bool = False):
+    """y' = 1 below y = 1/2 and 3 above it (2 inside the band): y(1) = 2 from y(0) = 0.
+    With `cross`, `LandOnKinks` is told that the crossing is transversal."""
     surfaces = lambda y, args: (y - 0.5).reshape(1, 1)
     sides = lambda y, args: jnp.where(
         surfaces(y, args) > BAND, 1, jnp.where(surfaces(y, args) < -BAND, -1, 0)
@@ -24,7 +25,8 @@ def _toy(land: bool):
     solver, controller = dfx.Tsit5(), dfx.PIDController(rtol=1e-10, atol=1e-12)
     if land:
         solver = KinkSolver(solver, sides, field)
-        controller = LandOnKinks(controller, surfaces, BAND)
+        crosses = (lambda y, args, z, dz: jnp.ones_like(z, bool)) if cross else None
+        controller = LandOnKinks(controller, surfaces, BAND, crosses=crosses)
     return dfx.diffeqsolve(
         term, solver, 0.0, 1.0, None, jnp.zeros(1), stepsize_controller=controller
     )
@@ -38,6 +40,45 @@ def test_landing_on_a_jump_of_the_field_is_exact_and_cheap():
     tried = lambda s: int(s.stats["num_accepted_steps"] + s.stats["num_rejected_steps"])
     assert int(landed.stats["num_rejected_steps"]) <= 2
     assert tried(landed) * 5 < tried(plain)  # measured: 6 vs 79
+
+
+def test_a_transversal_crossing_passes_the_band_in_one_step():
+    landed, passed = _toy(True), _toy(True, cross=True)
+    # the step ends up to a band past the far edge, at speed 1 instead of 2 and 3
+    # over the band: y(1) falls short by at most 3 * (2 - 1) * BAND... < 5 BAND
+    assert abs(float(passed.ys[-1, 0]) - 2.0) <= 5 * BAND
+    accepted = lambda s: int(s.stats["num_accepted_steps"])
+    assert accepted(passed) < accepted(landed)  # the steps into and through the band
+
+
+def test_crosses_marks_the_entries_that_the_other_side_carries_on():
+    # entries moving towards their kink, against dz/dt on both sides of it, from the gradient with that
+    # entry's slope set to each side's value (leaky net, half-sum loss)
+    rng = np.random.default_rng(7)
+    n, d, m, alpha = 6, 3, 5, 0.2
+    x, y = rng.normal(size=(n, d)), rng.normal(size=n)
+    w, v, b = rng.normal(size=(m, d)), rng.normal(size=m), rng.normal(size=m)
+    model = imf.TwoLayerReLU(w, v, b, negative_slope=alpha)
+    params, skeleton = eqx.partition(model, eqx.is_inexact_array)
+    objective = imf.Objective(skeleton, imf.SumSquareLoss())
+    xb = np.concatenate([x, np.ones((n, 1))], axis=1)
+    z = xb @ np.concatenate([w, b[:, None]], axis=1).T
+    slope = np.where(z > 0, 1.0, alpha)
+    r = np.where(z > 0, z, alpha * z) @ v - y
+
+    def zdot(s):  # dz_ij/dt for every entry, with slopes s
+        return -np.einsum("km,k,m,kp,ip->im", s, r, v, xb, xb)
+
+    near, expected = zdot(slope), np.zeros((n, m), bool)
+    for i, j in np.ndindex(n, m):
+        flipped = slope.copy()
+        flipped[i, j] = alpha + 1.0 - slope[i, j]
+        far = zdot(flipped)[i, j]
+        expected[i, j] = far * np.sign(near[i, j]) >= 0.2 * abs(near[i, j])
+    got = imf.FilippovFlow().crosses(objective, params, imf.Dataset(x, y), z, near)
+    approaching = z * near < 0  # (the others do not reach their kink)
+    assert 0 < expected[approaching].sum() < approaching.sum()  # both kinds occur
+    np.testing.assert_array_equal(np.asarray(got)[approaching], expected[approaching])
 
 
 @pytest.mark.parametrize("y3", [1.0, 6.0])
