@@ -165,13 +165,13 @@ class FilippovFlow(AbstractFlow):
         entries: their indices, and which of the slots are real (the others, and
         every slot of a padding row, are not). With `max_kinks` = 4, the fourth
         slot is real on at most two rows (the first ones that need it)."""
-        near, real = _first_true(free.T, self.max_kinks)
         m = z.shape[1]
         if self.kink_neurons is None or self.kink_neurons >= m:
-            rows = jnp.arange(m)
-        else:  # slots are filled in order: a neuron has any iff its first is real
-            rows, some = _first_true(real[:, 0], self.kink_neurons)
-            near, real = near[rows], real[rows] & some[:, None]
+            rows, some = jnp.arange(m), jnp.ones(m, bool)
+        else:  # the slots of only these rows are searched
+            rows, some = _first_true(jnp.any(free, axis=0), self.kink_neurons)
+        near, real = _first_true(free.T[rows], self.max_kinks)
+        real = real & some[:, None]
         if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` rows only
             fourth = real[:, 3] & (_running_count(real[:, 3]) <= _FULL_ROWS)
             real = real.at[:, 3].set(fourth)
