@@ -41,6 +41,7 @@ from .models import ReLUNeuron, TwoLayerReLU
 
 
 _FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (max_kinks = 4)
+_JOINT_ROWS = 6  # neurons per lane whose several kink slots are solved jointly
 
 
 class FilippovFlow(AbstractFlow):
@@ -58,12 +59,14 @@ class FilippovFlow(AbstractFlow):
     neurons at a time, and a W2 step then costs ~1.3x that of 3); `kink_neurons`
     (default 24, None for all), how many neurons per evaluation may have
     entries on their kinks: only those are gathered into the box QP (on W2, with
-    64 neurons, whole flows from 24 starts had at most 7 to 20 at once). Beyond
-    either limit, entries keep the slope of their sign: a flow that needs more
-    chatters at the band and stalls, and `solve_ensemble(retry=...)` can solve
-    it again with larger limits. `cross` (default True): `LandOnKinks` carries
-    entries that the flow crosses transversally (see `crosses`) through the band
-    in one step instead of landing in it (on W2: 6 % fewer steps, as accurate).
+    64 neurons, whole flows from 24 starts had at most 7 to 20 at once), and of
+    those only the first six with several such entries are solved over all
+    their faces (all of them if None). Beyond these limits, entries keep the
+    slope of their sign: a flow that needs more chatters at the band and
+    stalls, and `solve_ensemble(retry=...)` can solve it again with larger
+    limits. `cross` (default True): `LandOnKinks` carries entries that the flow
+    crosses transversally (see `crosses`) through the band in one step instead
+    of landing in it (on W2: 5 % fewer steps, as accurate).
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -206,7 +209,9 @@ class FilippovFlow(AbstractFlow):
         target = jnp.where(free, self.pull * zk * rv, 0.0)
         # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
         c, u, target, free = jax.lax.optimization_barrier((off[rows], u, target, free))
-        a = _min_norm_slopes(c, u, target, free, alpha)
+        joint = None if self.kink_neurons is None else _JOINT_ROWS
+        side = jnp.where(zk > 0, 1.0, alpha)
+        a = _min_norm_slopes(c, u, target, free, alpha, side, joint)
         # padding rows have u = 0: adding their 0 to row 0 changes nothing
         grad_hidden = off.at[rows].add(jnp.einsum("ck,ckp->cp", a, u))
         grad_v = act.T @ r
@@ -250,35 +255,63 @@ def _checked(model):
     return model
 
 
-def _min_norm_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
+def _min_norm_slopes(
+    c, u, target, free, lo: float, side=None, joint: int | None = None
+) -> Float[Array, "m k"]:
     """argmin over a in [lo, 1]^K of |c + sum_k a_k u_k|^2 - 2 target . a, per row.
 
     Exact: the minimum lies in the relative interior of one of the 3^K faces of the
     box, where it is the face's unconstrained minimizer; each face's small system
     (at most K x K) is solved by unrolled elimination, elementwise over rows
     (no batched linear solves), and the feasible face of least value wins. Up to
-    K = 3 every row goes through the 27 faces as a chain of selections. At K = 4
+    K = 3 the rows go through the 27 faces as a chain of selections. With
+    `joint`, only the first `joint` rows with two or more real slots (slots fill
+    in order) do; every other row solves its first slot alone (3 faces), with its
+    other slots at their `side` slopes, as entries beyond `max_kinks` (W2 starts 0
+    and 28 had at most 1 and 3 such rows at once; the QP of 64 lanes x 24 rows
+    costs half, 0.51 -> 0.26 ms). At K = 4
     at most `_FULL_ROWS` rows may have a real fourth slot (`kinks` sees to it):
     those few are gathered and solved over all 81 faces along a face axis, the
-    rest by the chain on their first three slots. (81 faces for every neuron
-    cost 5.7x the whole step of K = 3.)
+    rest as at K = 3. (81 faces for every neuron cost 5.7x the whole step of K = 3.)
     """
     k = u.shape[1]
-    if k < 4:
-        g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
-        h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
-        return _faces_chain(g, h, free, lo)
-    a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo)
-    a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
-    rows, real = _first_true(free[:, 3], _FULL_ROWS)
-    ur = u[rows]
-    g = jnp.einsum("rip,rjp->rij", ur, ur)
-    h = jnp.einsum("rip,rp->ri", ur, c[rows]) - target[rows]
-    full = _faces_along_axis(g, h, free[rows], lo)
-    neuron = jnp.arange(a.shape[0])
-    for r in range(_FULL_ROWS):
-        a = jnp.where(((neuron == rows[r]) & real[r])[:, None], full[r], a)
-    return a
+    if k == 4:
+        side = None if side is None else side[:, :3]
+        a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo, side, joint)
+        a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
+        rows, real = _first_true(free[:, 3], _FULL_ROWS)
+        ur = u[rows]
+        g = jnp.einsum("rip,rjp->rij", ur, ur)
+        h = jnp.einsum("rip,rp->ri", ur, c[rows]) - target[rows]
+        return _put_rows(a, rows, real, _faces_along_axis(g, h, free[rows], lo))
+    if joint is None or joint >= c.shape[0] or k == 1:
+        return _joint_slopes(c, u, target, free, lo)
+    fixed = jnp.where(free[:, 1:], side[:, 1:], 0.0)
+    rows, real = _first_true(free[:, 1], joint)
+    # materialized first (see `FilippovFlow.velocity`)
+    rest, gathered = jax.lax.optimization_barrier(
+        (
+            c + jnp.einsum("ck,ckp->cp", fixed, u[:, 1:]),
+            (c[rows], u[rows], target[rows], free[rows]),
+        )
+    )
+    first = _joint_slopes(rest, u[:, :1], target[:, :1], free[:, :1], lo)
+    a = jnp.concatenate([first, side[:, 1:]], axis=1)
+    return _put_rows(a, rows, real, _joint_slopes(*gathered, lo))
+
+
+def _joint_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
+    """The box QP of every row over all its 3^K faces (K <= 3), by `_faces_chain`."""
+    k = u.shape[1]
+    g = [[jnp.sum(u[:, i] * u[:, j], -1) for j in range(k)] for i in range(k)]
+    h = [jnp.sum(u[:, i] * c, -1) - target[:, i] for i in range(k)]
+    return _faces_chain(g, h, free, lo)
+
+
+def _put_rows(a, rows, real, solved) -> Float[Array, "m k"]:
+    """`a` with its rows `rows` (where `real`) replaced by those of `solved`. (By a
+    scatter: a chain of selections made XLA CPU recompute `solved` in each, 7x.)"""
+    return a.at[jnp.where(real, rows, a.shape[0])].set(solved, mode="drop")
 
 
 def _first_true(

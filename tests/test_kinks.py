@@ -132,6 +132,40 @@ def test_min_norm_slopes_solve_the_box_qp(k):
         assert np.all(got[j] >= lo - 1e-12) and np.all(got[j] <= 1 + 1e-12)
 
 
+def test_only_the_first_joint_rows_solve_several_slots_together():
+    # rows with 2-3 real slots beyond the first `joint` solve their first slot
+    # alone, with the others at their side's slopes: quadprog on both kinds
+    import quadprog
+
+    from implicit_flow._nonsmooth import _min_norm_slopes
+
+    rng = np.random.default_rng(11)
+    m, k, p, lo, joint = 14, 3, 5, 0.1, 2
+    counts = np.array([0, 1, 3, 2, 1, 2, 3, 0, 2, 1, 3, 1, 2, 1])
+    free = np.arange(k) < counts[:, None]  # slots fill in order
+    c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
+    u = np.where(free[..., None], u, 0.0)
+    target = np.where(free, 0.3 * rng.normal(size=(m, k)), 0.0)
+    side = np.where(rng.random((m, k)) < 0.5, lo, 1.0)
+    got = np.asarray(_min_norm_slopes(c, u, target, free, lo, side, joint))
+
+    def box_qp(c, u, target):
+        g = u @ u.T + 1e-12 * np.eye(len(u))
+        bounds = np.concatenate([np.eye(len(u)), -np.eye(len(u))], axis=1)
+        limits = np.r_[np.full(len(u), lo), -np.ones(len(u))]
+        return quadprog.solve_qp(g, target - u @ c, bounds, limits)[0]
+
+    for j in np.flatnonzero(counts > 0):
+        real = free[j]
+        if j in (2, 3):  # the first two rows with several slots: jointly
+            expected = box_qp(c[j], u[j][real], target[j][real])
+        else:
+            rest = c[j] + side[j, 1:][real[1:]] @ u[j, 1:][real[1:]]
+            first = box_qp(rest, u[j, :1], target[j, :1])
+            expected = np.r_[first, side[j, 1:][real[1:]]]
+        np.testing.assert_allclose(got[j][real], expected, atol=1e-7)
+
+
 def test_kink_slots_go_to_the_first_kink_neurons_only():
     # 5 neurons; entries in the band on neurons 0 (two), 2 and 3 (one each)
     z = np.full((4, 5), 0.5)
