@@ -148,8 +148,8 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
     def _edge(self, side, direction, passing):
         """The band edge an entry on `side` meets moving in `direction`, how far past
         it a step may end, and the landing aim halfway there. A `passing` entry
-        meets the far edge and may end up to a whole `band` past it (the field on
-        its side is the right one there)."""
+        meets the far edge and may end up to a whole `band` past it (all of it on
+        its near side's field: an O(band) error, as a landing in the band has)."""
         passing = passing & (side != 0)
         edge = jnp.where(
             side != 0, jnp.where(passing, -side, side), jnp.sign(direction)

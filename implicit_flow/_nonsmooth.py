@@ -66,7 +66,7 @@ class FilippovFlow(AbstractFlow):
     stalls, and `solve_ensemble(retry=...)` can solve it again with larger
     limits. `cross` (default True): `LandOnKinks` carries entries that the flow
     crosses transversally (see `crosses`) through the band in one step instead
-    of landing in it (on W2: 5 % fewer steps, as accurate).
+    of landing in it (on W2: 6 % fewer steps, as accurate).
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -268,8 +268,8 @@ def _min_norm_slopes(
     `joint`, only the first `joint` rows with two or more real slots (slots fill
     in order) do; every other row solves its first slot alone (3 faces), with its
     other slots at their `side` slopes, as entries beyond `max_kinks` (W2 starts 0
-    and 28 had at most 1 and 3 such rows at once; the QP of 64 lanes x 24 rows
-    costs half, 0.51 -> 0.26 ms). At K = 4
+    and 28 had at most 1 and 3 such rows at once; with `joint` = 6 the QP of 64
+    lanes x 24 rows costs 0.33 ms instead of 0.54 ms). At K = 4
     at most `_FULL_ROWS` rows may have a real fourth slot (`kinks` sees to it):
     those few are gathered and solved over all 81 faces along a face axis, the
     rest as at K = 3. (81 faces for every neuron cost 5.7x the whole step of K = 3.)
