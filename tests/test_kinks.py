@@ -44,16 +44,16 @@ def test_landing_on_a_jump_of_the_field_is_exact_and_cheap():
 
 def test_a_transversal_crossing_passes_the_band_in_one_step():
     landed, passed = _toy(True), _toy(True, cross=True)
-    # the step ends up to a band past the far edge, at speed 1 instead of 2 and 3
-    # over the band: y(1) falls short by at most 3 * (2 - 1) * BAND... < 5 BAND
+    # the passing step crosses the band and up to one BAND past it at speed 1,
+    # where the flow runs at 2 and 3: y(1) falls short by a few BAND at most
     assert abs(float(passed.ys[-1, 0]) - 2.0) <= 5 * BAND
     accepted = lambda s: int(s.stats["num_accepted_steps"])
     assert accepted(passed) < accepted(landed)  # the steps into and through the band
 
 
 def test_crosses_marks_the_entries_that_the_other_side_carries_on():
-    # entries moving towards their kink, against dz/dt on both sides of it, from the gradient with that
-    # entry's slope set to each side's value (leaky net, half-sum loss)
+    # entries moving towards their kink, against dz/dt on both sides of it: from
+    # the gradient with that entry's slope at each side's value (leaky net)
     rng = np.random.default_rng(7)
     n, d, m, alpha = 6, 3, 5, 0.2
     x, y = rng.normal(size=(n, d)), rng.normal(size=n)
