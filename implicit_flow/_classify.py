@@ -103,7 +103,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ._custom_types import Params, Scalar
 from ._data import Dataset
 from ._loss import AbstractLoss, SumSquareLoss
-from ._nonsmooth import hidden_layer, layer_inputs
+from ._nonsmooth import hidden_layer, hidden_rows
 from ._objective import AbstractFlow, GradientFlow, Objective
 from ._result import FlowResult
 from ._solve import check_model_data
@@ -402,8 +402,7 @@ class _ReLUPiece:
 
     def _layers(self, theta):
         model = self.objective.model(self.unravel(theta))
-        hidden, v, has_bias = hidden_layer(model)
-        x = layer_inputs(self.data.x, has_bias)
+        hidden, v, x = hidden_rows(model, self.data.x)
         if self.two_layer and not model.train_output:
             v = jax.lax.stop_gradient(v)
         return x @ hidden.T, v

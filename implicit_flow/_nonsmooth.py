@@ -98,8 +98,8 @@ class FilippovFlow(AbstractFlow):
         self, objective: Objective, params: Params, data: Dataset
     ) -> Float[Array, "n m"]:
         """$z_{ij} = w_j^\\top x_i (+ b_j)$."""
-        hidden, _, has_bias = hidden_layer(_checked(objective.model(params)))
-        return layer_inputs(data.x, has_bias) @ hidden.T
+        hidden, _, x = hidden_rows(_checked(objective.model(params)), data.x)
+        return x @ hidden.T
 
     def sides(self, z: Float[Array, "n m"]) -> Int[Array, "n m"]:
         """1 above the band, -1 below it, 0 inside (a free slope)."""
@@ -108,8 +108,7 @@ class FilippovFlow(AbstractFlow):
     def pieces(self, objective: Objective, params: Params, data: Dataset) -> "Pieces":
         """Where every pre-activation is, and what a step frozen there needs."""
         model = _checked(objective.model(params))
-        hidden, _, has_bias = hidden_layer(model)
-        x = layer_inputs(data.x, has_bias)
+        hidden, _, x = hidden_rows(model, data.x)
         return self._pieces(x @ hidden.T, x, model.negative_slope)
 
     def _pieces(self, z, x, alpha) -> "Pieces":
@@ -153,8 +152,7 @@ class FilippovFlow(AbstractFlow):
         $(1 - \\alpha) v_j r_i \\|[x_i; 1]\\|^2$ towards the band's far side
         (`z`: the pre-activations at `params`)."""
         model = _checked(objective.model(params))
-        _, v, has_bias = hidden_layer(model)
-        x = layer_inputs(data.x, has_bias)
+        _, v, x = hidden_rows(model, data.x)
         alpha = model.negative_slope
         r = jax.grad(objective.loss)(jnp.maximum(z, alpha * z) @ v, data.y)
         turn = (1 - alpha) * jnp.outer(r * jnp.sum(x * x, axis=1), v)
@@ -191,8 +189,7 @@ class FilippovFlow(AbstractFlow):
         every entry keeps the slope it had there wherever z is, and the free
         entries stay those of the start."""
         model = _checked(objective.model(params))
-        hidden, v, has_bias = hidden_layer(model)
-        x = layer_inputs(data.x, has_bias)
+        hidden, v, x = hidden_rows(model, data.x)
         z = x @ hidden.T  # (n, m)
         alpha = model.negative_slope
         pieces = self._pieces(z, x, alpha) if pieces is None else pieces
@@ -433,6 +430,15 @@ def layer_inputs(x: Float[Array, "n d"], has_bias: bool) -> Float[Array, "n p"]:
     if not has_bias:
         return x
     return jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+
+
+def hidden_rows(
+    model, x: Float[Array, "n d"]
+) -> tuple[Float[Array, "m p"], Float[Array, " m"], Float[Array, "n p"]]:
+    """`hidden_layer`'s rows and output weights, with the rows `layer_inputs` of
+    `x` that they multiply."""
+    hidden, v, has_bias = hidden_layer(model)
+    return hidden, v, layer_inputs(x, has_bias)
 
 
 def hidden_layer(model) -> tuple[Float[Array, "m p"], Float[Array, " m"], bool]:

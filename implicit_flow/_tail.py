@@ -30,7 +30,7 @@ from jaxtyping import Array, Bool, Float
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._nonsmooth import FilippovFlow, held_entries, hidden_layer, layer_inputs
+from ._nonsmooth import FilippovFlow, held_entries, hidden_rows
 from ._objective import AbstractFlow, Objective
 from .models import LinearPredictor, ReLUNeuron, TwoLayerReLU
 
@@ -174,6 +174,5 @@ def _preactivations(
     model, data: Dataset
 ) -> tuple[Float[Array, "n m"], Float[Array, " n"]]:
     """z_ij and the norms of the rows [x_i; 1] (or x_i without bias)."""
-    hidden, _, has_bias = hidden_layer(model)
-    x = layer_inputs(data.x, has_bias)
+    hidden, _, x = hidden_rows(model, data.x)
     return x @ hidden.T, jnp.linalg.norm(x, axis=1)
