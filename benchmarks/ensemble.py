@@ -57,11 +57,12 @@ def workload(name: str):
 
 def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
     """Lane-steps LanePool spends on members with `steps` tried steps each (its
-    schedule replayed: refills every `refill_every` steps, then the narrow pool of
-    max(lanes // 8, 4) lanes once nothing is pending and few lanes are busy)."""
+    schedule replayed: refills every `refill_every` steps, then, for pools of 32
+    lanes or more, a narrow pool of lanes // 8 once nothing is pending and few lanes
+    are busy)."""
     pending = list(steps[::-1])
     width = min(lanes, len(steps))
-    narrow = max(width // 8, 4)
+    narrow = width // 8 if width >= 32 else width
     remaining = np.zeros(width, dtype=np.int64)
     busy = np.zeros_like(remaining, dtype=bool)
     total = 0

@@ -260,17 +260,19 @@ class LanePool(AbstractEnsembleEngine):
     """Final. A pool of `lanes` flows stepped together, refilled every `refill_every` steps.
 
     Memory is set by the pool, not by num (beyond the results). The last few
-    flows finish in a pool of max(lanes // 8, 4) lanes. With several
+    flows finish in a pool of `narrow` lanes (None: lanes // 8 if that is 4 or more,
+    else none; the narrow pool's loop compiles the step again). With several
     `devices`, members are split into contiguous blocks and each device runs its
     own pool with `jax.shard_map`, with no collective inside the loop.
 
-    Fields: `lanes` (per device), `refill_every`, `devices` (None: every local
+    Fields: `lanes` (per device), `refill_every`, `narrow`, `devices` (None: every local
     device of the default backend; on CPU, `jax.config.update("jax_num_cpu_devices",
     n)` at start-up gives n devices, one per core, and the CLI sets one per core).
     """
 
     lanes: int = eqx.field(static=True, default=256)
     refill_every: int = eqx.field(static=True, default=16)
+    narrow: int | None = eqx.field(static=True, default=None)
     devices: tuple | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
@@ -279,6 +281,8 @@ class LanePool(AbstractEnsembleEngine):
                 f"lanes and refill_every must be positive, got {self.lanes}, "
                 f"{self.refill_every}"
             )
+        if self.narrow is not None and not 1 <= self.narrow <= self.lanes:
+            raise ValueError(f"narrow must be in [1, lanes], got {self.narrow}")
 
     def run(self, problem, source, num, progress):
         # Across processes (after `jax.distributed.initialize`) each process takes a
@@ -305,6 +309,7 @@ class LanePool(AbstractEnsembleEngine):
             per_device,
             self.lanes,
             self.refill_every,
+            self.narrow,
             mesh,
             progress,
         )
@@ -329,6 +334,7 @@ def _run_pool(
     per_device: int,
     lanes: int,
     refill_every: int,
+    narrow: int | None,
     mesh: Mesh,
     progress: bool,
 ) -> FlowResult:
@@ -346,7 +352,7 @@ def _run_pool(
         if stacked:
             offset = 0  # the stacked rows arrive already split
         return _pool_loop(
-            problem, source, offset, per_device, lanes, refill_every, progress
+            problem, source, offset, per_device, lanes, refill_every, narrow, progress
         )
 
     specs = jtu.tree_map(lambda _: PartitionSpec(), dynamic)
@@ -372,15 +378,19 @@ def _pool_loop(
     num: int,
     lanes: int,
     refill_every: int,
+    narrow: int | None,
     progress: bool,
 ) -> FlowResult:
     lanes = min(lanes, num)
     y_like = source(jnp.asarray(0))
     # Once no member is pending and at most `narrow` lanes are busy, those move to
     # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
-    # that runs to max_steps) then no longer pay for the whole pool's width. (Not
-    # below 4 lanes: XLA rounds narrower batches differently, by ~1e-12.)
-    narrow = max(lanes // 8, 4)
+    # that runs to max_steps) then no longer pay for the whole pool's width. Each
+    # loop compiles the step anew, so by default a pool keeps one loop unless it
+    # narrows to 4 lanes or more (XLA rounds narrower batches differently, ~1e-12).
+    if narrow is None:
+        narrow = lanes // 8 if lanes >= 32 else lanes
+    narrow = min(narrow, lanes)
     # blank lanes of either width, from one start built outside the loops (every
     # copy of `start` traces the field three times: compile time)
     blank = eqx.tree_at(
@@ -392,7 +402,7 @@ def _pool_loop(
         width: jtu.tree_map(
             lambda a: jnp.broadcast_to(a, (width, *jnp.shape(a))), blank
         )
-        for width in {lanes, min(narrow, lanes)}
+        for width in {lanes, narrow}
     }
     outputs = (
         jtu.tree_map(lambda a: jnp.zeros((num, *a.shape), a.dtype), y_like),
@@ -495,15 +505,12 @@ def _pool_loop(
         lane, next_index, _ = carry
         return (next_index < num) | jnp.any(lane.code != _IDLE)
 
-    lane, next_index, outputs = jax.lax.while_loop(
-        wide, body, (idle[lanes], jnp.asarray(0), outputs)
-    )
+    carry = (idle[lanes], jnp.asarray(0), outputs)
     if narrow < lanes:
+        lane, next_index, outputs = jax.lax.while_loop(wide, body, carry)
         busy = jnp.argsort(lane.code == _IDLE, stable=True)[:narrow]
-        lane = jtu.tree_map(lambda a: a[busy], lane)
-    _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(
-        cond, body, (lane, next_index, outputs)
-    )
+        carry = (jtu.tree_map(lambda a: a[busy], lane), next_index, outputs)
+    _, _, (ys, ts, acc, rej, jumps, codes) = jax.lax.while_loop(cond, body, carry)
     return _assemble(problem, source, offset, ys, ts, acc, rej, jumps, codes)
 
 

@@ -63,7 +63,7 @@ def test_pool_size_does_not_change_results():
         # (XLA rounds batched matmuls of width < 4 differently, ~1e-12 after 1000 steps)
         for engine in (
             imf.LanePool(lanes=4),
-            imf.LanePool(lanes=5, refill_every=3),
+            imf.LanePool(lanes=5, refill_every=3, narrow=4),
             imf.LanePool(),
         )
     ]
@@ -175,6 +175,10 @@ def test_bad_ensemble_arguments():
     )
     with pytest.raises(ValueError, match="member count"):
         imf.solve_ensemble(model, data, bad)
+    with pytest.raises(ValueError, match="refill_every must be positive, got 4, 0"):
+        imf.LanePool(lanes=4, refill_every=0)
+    with pytest.raises(ValueError, match=r"narrow must be in \[1, lanes\], got 5"):
+        imf.LanePool(lanes=4, narrow=5)
 
 
 MULTI_DEVICE = textwrap.dedent(
