@@ -85,22 +85,53 @@ def tail_fields(spec: str) -> dict:
     return {k: int(v) if k == "iterations" else float(v) for k, v in fields.items()}
 
 
-def run(engine, tail, flow, args, model, data, sampler, key):
-    kwargs = dict(
+# the issue's W2 recipe (fourth round on): TailJump fields for `--tail`
+W2_TAIL = "threshold=3e-6,radius=1e-4,iterations=2,retry=3"
+
+
+def ensemble_kwargs(
+    num,
+    engine,
+    flow,
+    tail,
+    retry_kinks,
+    rtol=1e-10,
+    atol=1e-12,
+    gtol=1e-8,
+    max_steps=8000,
+) -> dict:
+    """`solve_ensemble` keywords of these benchmarks (Tsit5, mean loss, key 0); with
+    `retry_kinks`, members that stall are solved again with that many kink slots."""
+    return dict(
         tail=tail,
         flow=flow,
-        key=key,
-        num=args.num,
+        key=jr.key(0),
+        num=num,
         loss=imf.MeanSquareLoss(),
         solver=dfx.Tsit5(),
-        stepsize_controller=dfx.PIDController(rtol=args.rtol, atol=args.atol),
-        gtol=args.gtol,
-        max_steps=args.max_steps,
+        stepsize_controller=dfx.PIDController(rtol=rtol, atol=atol),
+        gtol=gtol,
+        max_steps=max_steps,
         engine=engine,
-        retry=imf.FilippovFlow(max_kinks=args.retry_kinks, kink_neurons=None)
-        if args.retry_kinks
+        retry=imf.FilippovFlow(max_kinks=retry_kinks, kink_neurons=None)
+        if retry_kinks
         else None,
     )
+
+
+def run(engine, tail, flow, args, model, data, sampler, key):
+    kwargs = ensemble_kwargs(
+        args.num,
+        engine,
+        flow,
+        tail,
+        args.retry_kinks,
+        args.rtol,
+        args.atol,
+        args.gtol,
+        args.max_steps,
+    )
+    kwargs["key"] = key
     start = time.perf_counter()
     if args.warmup:
         jax.block_until_ready(

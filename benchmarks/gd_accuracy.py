@@ -20,11 +20,9 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax as dfx  # noqa: E402
 import equinox as eqx  # noqa: E402
-import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from ensemble import workload  # noqa: E402
+from ensemble import ensemble_kwargs, tail_fields, W2_TAIL, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
 from implicit_flow.cli import cpu_cores  # noqa: E402
@@ -48,16 +46,13 @@ def main():
         model,
         data,
         sampler,
-        key=jr.key(0),
-        num=args.num,
-        loss=imf.MeanSquareLoss(),
-        stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12),
-        gtol=1e-8,
-        max_steps=8000,
-        engine=imf.LanePool(lanes=64),
-        flow=imf.FilippovFlow(),
-        tail=imf.TailJump(threshold=3e-6, radius=1e-4, iterations=2, retry=3),
-        retry=imf.FilippovFlow(max_kinks=4, kink_neurons=None),
+        **ensemble_kwargs(
+            args.num,
+            imf.LanePool(lanes=64),
+            imf.FilippovFlow(),
+            imf.TailJump(**tail_fields(W2_TAIL)),
+            retry_kinks=4,
+        ),
     )
     limits = flat(flow.model)
     flow_ok = np.asarray(flow.status == imf.Status.converged)

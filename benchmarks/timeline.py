@@ -17,10 +17,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import diffrax as dfx  # noqa: E402
-import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from ensemble import tail_fields, workload  # noqa: E402
+from ensemble import ensemble_kwargs, tail_fields, W2_TAIL, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
 import implicit_flow._ensemble as ensemble_module  # noqa: E402
@@ -32,9 +30,7 @@ def main():
     parser.add_argument("--num", type=int, default=1024)
     parser.add_argument("--lanes", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=8000)
-    parser.add_argument(
-        "--tail", default="threshold=3e-6,radius=1e-4,iterations=2,retry=3"
-    )
+    parser.add_argument("--tail", default=W2_TAIL)
     parser.add_argument("--retry-kinks", type=int, default=4)
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", cpu_cores())
@@ -51,17 +47,14 @@ def main():
             model,
             data,
             sampler,
-            key=jr.key(0),
-            num=args.num,
-            loss=imf.MeanSquareLoss(),
-            solver=dfx.Tsit5(),
-            stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12),
-            gtol=1e-8,
-            max_steps=args.max_steps,
-            engine=imf.LanePool(lanes=args.lanes),
-            flow=imf.FilippovFlow(),
-            tail=imf.TailJump(**tail_fields(args.tail)),
-            retry=imf.FilippovFlow(max_kinks=args.retry_kinks, kink_neurons=None),
+            **ensemble_kwargs(
+                args.num,
+                imf.LanePool(lanes=args.lanes),
+                imf.FilippovFlow(),
+                imf.TailJump(**tail_fields(args.tail)),
+                args.retry_kinks,
+                max_steps=args.max_steps,
+            ),
             progress=True,
         )
     )
