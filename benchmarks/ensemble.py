@@ -27,7 +27,11 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
-from implicit_flow.cli import cpu_cores  # noqa: E402
+from implicit_flow.cli import (  # noqa: E402
+    cpu_cores,
+    default_cache_dir,
+    use_compilation_cache,
+)
 
 
 def workload(name: str):
@@ -198,8 +202,15 @@ def main():
         default=cpu_cores(),
         help="CPU devices (default one per core); LanePool runs a pool on each",
     )
+    parser.add_argument(
+        "--cache-dir",
+        default="",
+        help="XLA's persistent compilation cache (the CLI's default: "
+        f"{default_cache_dir()}); none by default, so first calls compile",
+    )
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    use_compilation_cache(args.cache_dir)
     model, data, sampler = workload(args.workload)
     print(
         f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "

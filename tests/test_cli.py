@@ -1,31 +1,27 @@
-"""`implicit-flow demo` as a user runs it: a subprocess, no arguments."""
+"""The `implicit-flow` commands as a user runs them: subprocesses."""
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 
-def test_demo_runs_and_its_limits_match_the_exact_flows():
+def _command() -> list[str]:
     script = Path(sys.executable).parent / "implicit-flow"
-    command = (
+    return (
         [str(script)]
         if script.exists()
         else [sys.executable, "-m", "implicit_flow.cli"]
     )
-    out = subprocess.run(
-        [*command, "demo"], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert out.returncode == 0, out.stderr
-    rows = [
-        line for line in out.stdout.splitlines() if re.search(r"\s\d+\s+[+-]\d", line)
-    ]
+
+
+def _check_demo(stdout: str) -> None:
+    rows = [line for line in stdout.splitlines() if re.search(r"\s\d+\s+[+-]\d", line)]
     assert len(rows) == 18
     # The paper's Theorem 3 (gamma = 2) from w = 0: (5, -1, s), s in (-0.12, -0.10).
     s = float(
-        re.search(r"ReLUNeuron \(Thm 3\)\s+0\s+\+5\.0000, -1\.0000, (\S+)", out.stdout)[
-            1
-        ]
+        re.search(r"ReLUNeuron \(Thm 3\)\s+0\s+\+5\.0000, -1\.0000, (\S+)", stdout)[1]
     )
     assert -0.12 < s < -0.10
     errors = [
@@ -36,10 +32,30 @@ def test_demo_runs_and_its_limits_match_the_exact_flows():
     assert len(errors) >= 8 and max(errors) < 1e-6
 
 
+def test_demo_limits_match_the_exact_flows_compiled_and_from_the_cache(tmp_path):
+    """Twice: the second run loads its programs from the first run's cache."""
+    cache = tmp_path / "xla"
+    for run in range(2):
+        out = subprocess.run(
+            [*_command(), "--cache-dir", str(cache), "demo"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "JAX_LOG_COMPILES": str(run)},
+        )
+        assert out.returncode == 0, out.stderr
+        _check_demo(out.stdout)
+        assert any(cache.iterdir()), f"run {run} left nothing in {cache}"
+    # Where XLA:CPU rejects its own cached programs (jax-ml/jax#38445: CPU tuning
+    # flags read as required features), JAX recompiles: right results, no speed-up.
+    rejected = "Machine type used for XLA:CPU compilation" in out.stderr
+    assert rejected or "Persistent compilation cache hit" in out.stderr
+
+
 def test_reproduce_quick_passes_every_row(tmp_path):
-    script = Path(sys.executable).parent / "implicit-flow"
     out = subprocess.run(
-        [str(script), "reproduce", "--quick", "--out", str(tmp_path)],
+        [*_command(), "reproduce", "--quick", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
