@@ -53,6 +53,20 @@ def test_demo_limits_match_the_exact_flows_compiled_and_from_the_cache(tmp_path)
     assert rejected or "Persistent compilation cache hit" in out.stderr
 
 
+def test_a_cache_dir_that_cannot_be_made_is_named_in_an_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = subprocess.run(
+        [*_command(), "--cache-dir", str(blocker / "xla"), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2 and str(blocker / "xla") in out.stderr, out.stderr
+    assert "Not a directory" in out.stderr
+
+
 def test_reproduce_quick_passes_every_row(tmp_path):
     out = subprocess.run(
         [*_command(), "reproduce", "--quick", "--out", str(tmp_path)],

@@ -29,6 +29,7 @@ def use_compilation_cache(path: str) -> None:
     cache the user set already (`JAX_COMPILATION_CACHE_DIR`) is left as it is.
     """
     if path and jax.config.jax_compilation_cache_dir is None:
+        os.makedirs(path, exist_ok=True)  # OSError here, not a warning per program
         jax.config.update("jax_compilation_cache_dir", path)
         # JAX's default keeps programs that took 1 s; the demo's take up to 0.9 s.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
@@ -91,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args([*(argv or []), "reproduce"])
-    use_compilation_cache(args.cache_dir)  # before JAX's first compile
+    try:
+        use_compilation_cache(args.cache_dir)  # before JAX's first compile
+    except OSError as err:
+        parser.error(
+            f"--cache-dir {args.cache_dir!r} cannot be used ({err.strerror}); "
+            "--cache-dir '' runs without a cache"
+        )
     if getattr(args, "num_inits", 1) < 1:
         parser.error(f"--num-inits must be at least 1, got {args.num_inits}")
     if args.command == "reproduce":
