@@ -1,14 +1,16 @@
 """Cost of one batched evaluation of the W2 vector field, side by side.
 
-    python benchmarks/filippov_eval.py
+    python benchmarks/filippov_eval.py [--lanes 64] [--without-qp]
 
 `jax.grad`'s field (the obvious alternative, which stalls on W2), `FilippovFlow`'s
 field as the steady-state test evaluates it (pieces found from z), and as
 `KinkSolver`'s stages evaluate it (pieces frozen at the step's start), each for 256
 lanes of W2 with a band wide enough that every neuron has free entries. Ratios to the
-plain gradient are what to compare; absolute times drift.
+plain gradient are what to compare; absolute times drift. `--without-qp` replaces the
+box QP by a constant (wrong velocities): the difference is what the QP costs.
 """
 
+import argparse
 import os
 import time
 
@@ -21,10 +23,12 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 from ensemble import workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
+import implicit_flow._nonsmooth as nonsmooth  # noqa: E402
 
 
 def timed(fn, *args, repeat=20) -> float:
@@ -37,8 +41,18 @@ def timed(fn, *args, repeat=20) -> float:
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lanes", type=int, default=256)
+    parser.add_argument("--without-qp", action="store_true")
+    args = parser.parse_args()
+    if args.without_qp:
+        nonsmooth._min_norm_slopes = lambda c, u, target, free, *_: jnp.where(
+            free, 0.5, 0.0
+        )
     model, data, sampler = workload("W2")
-    params = eqx.filter(imf.sample_inits(sampler, jr.key(0), 256, model), eqx.is_array)
+    params = eqx.filter(
+        imf.sample_inits(sampler, jr.key(0), args.lanes, model), eqx.is_array
+    )
     objective = imf.Objective(
         eqx.filter(model, eqx.is_inexact_array, inverse=True), imf.MeanSquareLoss()
     )
@@ -55,10 +69,11 @@ def main():
             ),
         }
         for name, field in fields.items():
-            args = (params, pieces) if "frozen" in name else (params,)
-            rows.append((band, free, name, timed(jax.jit(field), *args)))
+            inputs = (params, pieces) if "frozen" in name else (params,)
+            rows.append((band, free, name, timed(jax.jit(field), *inputs)))
     base = {band: t for band, _, name, t in rows if name == "jax.grad"}
-    print("| band | free entries per lane | field | ms per 256 lanes | x jax.grad |")
+    header = f"| band | free entries per lane | field | ms per {args.lanes} lanes |"
+    print(header + " x jax.grad |")
     print("|---|---|---|---|---|")
     for band, free, name, t in rows:
         print(
