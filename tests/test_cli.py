@@ -47,9 +47,16 @@ def test_demo_limits_match_the_exact_flows_compiled_and_from_the_cache(tmp_path)
         assert out.returncode == 0, out.stderr
         _check_demo(out.stdout)
         assert any(cache.iterdir()), f"run {run} left nothing in {cache}"
-    # Where XLA:CPU rejects its own cached programs (jax-ml/jax#38445: CPU tuning
-    # flags read as required features), JAX recompiles: right results, no speed-up.
-    rejected = "Machine type used for XLA:CPU compilation" in out.stderr
+    # Where JAX cannot read its cache back (jax-ml/jax#38445: XLA:CPU reads its
+    # tuning flags as required CPU features), it recompiles: right results, no
+    # speed-up, and its own message says so.
+    rejected = any(
+        message in out.stderr
+        for message in (
+            "Machine type used for XLA:CPU compilation",
+            "Error reading persistent compilation cache entry",
+        )
+    )
     assert rejected or "Persistent compilation cache hit" in out.stderr
 
 
