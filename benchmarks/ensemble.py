@@ -59,14 +59,14 @@ def workload(name: str):
     )
 
 
-def pool_lane_steps(steps: np.ndarray, lanes: int, refill_every: int) -> int:
-    """Lane-steps LanePool spends on members with `steps` tried steps each (its
-    schedule replayed: refills every `refill_every` steps, then, for pools of 32
-    lanes or more, a narrow pool of lanes // 8 once nothing is pending and few lanes
-    are busy)."""
+def pool_lane_steps(steps: np.ndarray, pool: imf.LanePool) -> int:
+    """Lane-steps one `pool` spends on members with `steps` tried steps each (its
+    schedule replayed: refills every `refill_every` steps, then its narrow pool once
+    nothing is pending and few lanes are busy)."""
     pending = list(steps[::-1])
-    width = min(lanes, len(steps))
-    narrow = width // 8 if width >= 32 else width
+    width = min(pool.lanes, len(steps))
+    narrow = pool.narrow_width(width)
+    refill_every = pool.refill_every
     remaining = np.zeros(width, dtype=np.int64)
     busy = np.zeros_like(remaining, dtype=bool)
     total = 0
@@ -123,7 +123,7 @@ def ensemble_kwargs(
     )
 
 
-def run(engine, tail, flow, args, model, data, sampler, key):
+def run(engine, tail, flow, args, model, data, sampler):
     kwargs = ensemble_kwargs(
         args.num,
         engine,
@@ -135,7 +135,6 @@ def run(engine, tail, flow, args, model, data, sampler, key):
         args.gtol,
         args.max_steps,
     )
-    kwargs["key"] = key
     start = time.perf_counter()
     if args.warmup:
         jax.block_until_ready(
@@ -229,12 +228,12 @@ def main():
     for name in args.engines.split(","):
         base = name.removesuffix("-noland")
         result, wall, first = run(
-            *engines[base], flows[base == name], args, model, data, sampler, jr.key(0)
+            *engines[base], flows[base == name], args, model, data, sampler
         )
         results[name] = result
         tried = np.asarray(result.num_steps + result.num_rejected)
         lane_steps = (
-            pool_lane_steps(tried, args.lanes, args.refill_every)
+            pool_lane_steps(tried, pool)
             if name.startswith("pool")
             else len(tried) * tried.max()
         )

@@ -284,6 +284,16 @@ class LanePool(AbstractEnsembleEngine):
         if self.narrow is not None and not 1 <= self.narrow <= self.lanes:
             raise ValueError(f"narrow must be in [1, lanes], got {self.narrow}")
 
+    def narrow_width(self, width: int) -> int:
+        """The narrow pool's lanes for a pool of `width` lanes (`width` itself: none).
+
+        Each loop compiles the step anew, so by default a pool keeps one loop unless
+        it narrows to 4 lanes or more (XLA rounds narrower batches differently, ~1e-12).
+        """
+        if self.narrow is None:
+            return width // 8 if width >= 32 else width
+        return min(self.narrow, width)
+
     def run(self, problem, source, num, progress):
         # Across processes (after `jax.distributed.initialize`) each process takes a
         # contiguous block of members on its own devices, and the blocks are gathered
@@ -309,7 +319,7 @@ class LanePool(AbstractEnsembleEngine):
             per_device,
             self.lanes,
             self.refill_every,
-            self.narrow,
+            self.narrow_width(min(self.lanes, per_device)),
             mesh,
             progress,
         )
@@ -334,7 +344,7 @@ def _run_pool(
     per_device: int,
     lanes: int,
     refill_every: int,
-    narrow: int | None,
+    narrow: int,
     mesh: Mesh,
     progress: bool,
 ) -> FlowResult:
@@ -378,19 +388,15 @@ def _pool_loop(
     num: int,
     lanes: int,
     refill_every: int,
-    narrow: int | None,
+    narrow: int,
     progress: bool,
 ) -> FlowResult:
     lanes = min(lanes, num)
     y_like = source(jnp.asarray(0))
     # Once no member is pending and at most `narrow` lanes are busy, those move to
     # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
-    # that runs to max_steps) then no longer pay for the whole pool's width. Each
-    # loop compiles the step anew, so by default a pool keeps one loop unless it
-    # narrows to 4 lanes or more (XLA rounds narrower batches differently, ~1e-12).
-    if narrow is None:
-        narrow = lanes // 8 if lanes >= 32 else lanes
-    narrow = min(narrow, lanes)
+    # that runs to max_steps) then no longer pay for the whole pool's width
+    # (`LanePool.narrow_width`).
     # blank lanes of either width, from one start built outside the loops (every
     # copy of `start` traces the field three times: compile time)
     blank = eqx.tree_at(
