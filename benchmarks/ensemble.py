@@ -21,7 +21,6 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import diffrax as dfx  # noqa: E402
-import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
