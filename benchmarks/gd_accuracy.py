@@ -22,22 +22,18 @@ jax.config.update("jax_enable_x64", True)
 
 import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
-from ensemble import ensemble_kwargs, tail_fields, W2_TAIL, workload  # noqa: E402
+from ensemble import ensemble_kwargs, flat, tail_fields, W2_TAIL, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
 from implicit_flow.cli import cpu_cores  # noqa: E402
-
-
-def flat(models) -> np.ndarray:
-    """(num, params) from a batch of models."""
-    leaves = jax.tree.leaves(eqx.filter(models, eqx.is_inexact_array))
-    return np.concatenate([np.asarray(a).reshape(a.shape[0], -1) for a in leaves], 1)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--etas", default="0.1,0.03,0.01,0.003")
+    parser.add_argument("--lanes", type=int, default=64, help="the flow's LanePool")
+    parser.add_argument("--save", help="write the flow's and GD's limits to this .npz")
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", cpu_cores())
     model, data, sampler = workload("W2")
@@ -48,7 +44,7 @@ def main():
         sampler,
         **ensemble_kwargs(
             args.num,
-            imf.LanePool(lanes=64),
+            imf.LanePool(lanes=args.lanes),
             imf.FilippovFlow(),
             imf.TailJump(**tail_fields(W2_TAIL)),
             retry_kinks=4,
@@ -56,10 +52,13 @@ def main():
     )
     limits = flat(flow.model)
     flow_ok = np.asarray(flow.status == imf.Status.converged)
+    tried = np.asarray(flow.num_steps + flow.num_rejected)
     print(
         f"W2, first {args.num} starts; flow: {time.perf_counter() - start:.1f} s, "
-        f"{flow_ok.sum()} converged"
+        f"{flow_ok.sum()} converged, {tried.sum()} tried steps (median "
+        f"{np.median(tried):.0f}, max {tried.max()}), backend {jax.default_backend()}"
     )
+    saved = {"flow": limits, "flow_converged": flow_ok}
     print("| eta | GD wall s | median steps | converged | max error | median error |")
     print("|---|---|---|---|---|---|")
     for eta in (float(e) for e in args.etas.split(",")):
@@ -79,10 +78,13 @@ def main():
         ok = np.asarray(gd.status == imf.Status.converged)[0] & flow_ok
         got = flat(jax.tree.map(lambda a: a[0], eqx.filter(gd.model, eqx.is_array)))
         error = np.max(np.abs(got - limits), axis=1)[ok]
+        saved[f"gd_{eta:g}"] = got
         print(
             f"| {eta:g} | {wall:.1f} | {np.median(np.asarray(gd.num_steps)):.0f} | "
             f"{ok.sum()} | {error.max():.2e} | {np.median(error):.2e} |"
         )
+    if args.save:
+        np.savez(args.save, **saved)
 
 
 if __name__ == "__main__":
