@@ -5,7 +5,9 @@
 #   w2: W2 at W2_NUM, the issue-4 recipe (first call, compile included) against GD
 #       at eta = 0.1 in the same process;
 #   w2big: W2 at 4 x W2_NUM in one pool (first call);
-#   w2warm: W2 at W2_NUM, a second call timed (compile separated).
+#   w2warm: W2 at W2_NUM, a second call timed (compile separated);
+#   lanes: W1 LanePool alone at each NUM:LANES of LANES_SWEEP;
+#   w2lanes: W2 at W2_NUM in pools of 256 lanes (first call).
 #     bash benchmarks/gpu.sh        # logs and limits (.npz) under ${OUT:-/tmp/gpu-out}
 #     STEPS="w1 w2big" bash benchmarks/gpu.sh
 # Needs the package importable (the device machine reaches no registry: install it
@@ -40,6 +42,13 @@ for name in ${STEPS:-w1 w2}; do
         --num $((4 * num)) --lanes $((4 * num)) --no-warmup ;;
     w2warm) step w2warm "${W2_LIMIT:-240}" python3 benchmarks/ensemble.py "${w2[@]}" \
         --num "$num" --lanes "$num" ;;
-    *) echo "unknown step '$name' (w1, w2, w2big, w2warm)" && exit 2 ;;
+    w2lanes) step w2lanes "${W2_LIMIT:-240}" python3 benchmarks/ensemble.py "${w2[@]}" \
+        --num "$num" --lanes 256 --no-warmup ;;
+    lanes) for pair in ${LANES_SWEEP:-10000:256 1000000:16384 1000000:65536 1000000:262144}; do
+        step "lanes-${pair/:/-}" "${W1_LIMIT:-150}" python3 benchmarks/ensemble.py \
+            --num "${pair%:*}" --lanes "${pair#*:}" --engines pool --check-exact 0 \
+            --max-steps 20000
+    done ;;
+    *) echo "unknown step '$name' (w1, w2, w2big, w2warm, lanes, w2lanes)" && exit 2 ;;
     esac
 done
