@@ -268,6 +268,11 @@ class LanePool(AbstractEnsembleEngine):
     Fields: `lanes` (per device), `refill_every`, `narrow`, `devices` (None: every local
     device of the default backend; on CPU, `jax.config.update("jax_num_cpu_devices",
     n)` at start-up gives n devices, one per core, and the CLI sets one per core).
+
+    The default 256 lanes suits CPU cores. A GPU needs far wider pools, since each
+    loop iteration pays a fixed launch cost (on an H200, W2's took ~3.5 ms at 1024
+    lanes and ~3.7 ms at 4096); W1 at 10^6 starts took 3.3 s there in 131 072 lanes
+    (`benchmarks/RESULTS.md`, GPU).
     """
 
     lanes: int = eqx.field(static=True, default=256)
