@@ -59,10 +59,19 @@ def workload(name: str):
     )
 
 
-def pool_lane_steps(steps: np.ndarray, pool: imf.LanePool) -> int:
-    """Lane-steps one `pool` spends on members with `steps` tried steps each (its
-    schedule replayed: refills every `refill_every` steps, then its narrow pool once
-    nothing is pending and few lanes are busy)."""
+def pool_lane_steps(steps: np.ndarray, pool: imf.LanePool, devices: int) -> int:
+    """Lane-steps `pool` spends on members with `steps` tried steps each, split as
+    `LanePool` splits them over `devices`: a contiguous block each, on its own pool."""
+    block = -(-len(steps) // devices)
+    return sum(
+        _block_lane_steps(steps[i : i + block], pool)
+        for i in range(0, len(steps), block)
+    )
+
+
+def _block_lane_steps(steps: np.ndarray, pool: imf.LanePool) -> int:
+    """One device's pool replayed: refills every `refill_every` steps, then its
+    narrow pool once nothing is pending and few lanes are busy."""
     pending = list(steps[::-1])
     width = min(pool.lanes, len(steps))
     narrow = pool.narrow_width(width)
@@ -239,7 +248,7 @@ def main():
         results[name] = result
         tried = np.asarray(result.num_steps + result.num_rejected)
         lane_steps = (
-            pool_lane_steps(tried, pool)
+            pool_lane_steps(tried, pool, jax.device_count())
             if name.startswith("pool")
             else len(tried) * tried.max()
         )
