@@ -20,8 +20,11 @@ $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `max_kinks` per 
 (default 3: on W2, flows that met 3 at once stalled when only 2 were allowed, and
 1.6 % of them meet 4, which `solve_ensemble(retry=FilippovFlow(max_kinks=4,
 kink_neurons=None))` solves again; beyond the first `max_kinks` in the band,
-entries keep the slope of their sign). Only the neurons with entries in the band
-(at most `kink_neurons`) are gathered into the QP.
+entries keep the slope of their sign). Above K = 4 the faces are too many, and a
+primal active-set method solves the QP instead, exactly, for the rarer flows with
+five or more entries of one neuron on a face at once (seen on fixed-output nets).
+Only the neurons with entries in the band (at most `kink_neurons`) are gathered
+into the QP.
 """
 
 import itertools
@@ -57,9 +60,11 @@ class FilippovFlow(AbstractFlow):
     (default True), step with `KinkSolver` and `LandOnKinks` (`integrator`), which
     end steps at kink crossings instead of letting the controller shrink them to
     ~1e-10 there (on W2: half the steps, a third of the evaluations per step);
-    `max_kinks` (1 to 4, default 3), how many pre-activations of one neuron may sit
+    `max_kinks` (default 3), how many pre-activations of one neuron may sit
     on their kinks at once (the box QP has $3^K$ faces; 4 allows a fourth on two
-    neurons at a time, and a W2 step then costs ~1.3x that of 3); `kink_neurons`
+    neurons at a time, and a W2 step then costs ~1.3x that of 3; above 4 every
+    gathered neuron goes through an active-set method, for flows that need it,
+    e.g. as a `retry`); `kink_neurons`
     (default 24, None for all), how many neurons per evaluation may have
     entries on their kinks: only those are gathered into the box QP (on W2, with
     64 neurons, whole flows from 24 starts had at most 7 to 20 at once), and of
@@ -86,8 +91,8 @@ class FilippovFlow(AbstractFlow):
     cross: bool = eqx.field(static=True, default=True)
 
     def __check_init__(self):
-        if not 1 <= self.max_kinks <= 4:
-            raise ValueError(f"max_kinks must be 1 to 4, got {self.max_kinks}")
+        if self.max_kinks < 1:
+            raise ValueError(f"max_kinks must be positive, got {self.max_kinks}")
         if self.kink_neurons is not None and self.kink_neurons < 1:
             raise ValueError(
                 f"kink_neurons must be positive or None, got {self.kink_neurons}"
@@ -278,6 +283,9 @@ def _min_norm_slopes(
     rest as at K = 3. (81 faces for every neuron cost 5.7x the whole step of K = 3.)
     """
     k = u.shape[1]
+    if k > 4:
+        g = jnp.einsum("cip,cjp->cij", u, u)
+        return _active_set_slopes(g, jnp.einsum("cip,cp->ci", u, c) - target, free, lo)
     if k == 4:
         side = None if side is None else side[:, :3]
         a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo, side, joint)
@@ -404,6 +412,63 @@ def _faces_along_axis(
     least = jnp.min(value, axis=1, keepdims=True)
     first = jnp.min(jnp.where(value == least, faces, faces.size), axis=1)
     return jnp.take_along_axis(a, first[:, None, None], axis=1)[:, 0]
+
+
+def _active_set_slopes(
+    g: Float[Array, "r k k"],
+    h: Float[Array, "r k"],
+    free: Bool[Array, "r k"],
+    lo: float,
+) -> Float[Array, "r k"]:
+    """argmin over a in [lo, 1]^K of a.G a + 2 h.a per row, by a primal active-set
+    method (for K > 4, where the 3^K faces are too many to enumerate). From every
+    slope held at `lo`, each iteration either frees the held slope whose multiplier
+    says that moving it inwards lowers the value (at a face's minimizer), or moves
+    the free slopes towards their face's minimizer, up to the first bound met, which
+    then holds that slope. It stops at the minimizer; `4K + 4` iterations are run.
+    Slots that are not `free` stay at `lo`. A ridge of 1e-13 trace(G) keeps faces
+    whose inputs are dependent solvable."""
+    k = h.shape[1]
+    scale = jnp.trace(g, axis1=1, axis2=2)
+    g = g + (1e-13 * scale + 1e-300)[:, None, None] * jnp.eye(k)
+    tol = 1e-12 * (scale + jnp.max(jnp.abs(h), axis=1))
+    slots = jnp.arange(k)
+
+    def iteration(_, state):
+        a, held, upper, at_min = state
+        q = jnp.einsum("rij,rj->ri", g, a) + h  # half the gradient
+        inwards = jnp.where(held & free, jnp.where(upper, q, -q), -jnp.inf)
+        j = jnp.argmax(inwards, axis=1)
+        release = at_min & (jnp.max(inwards, axis=1) > tol)
+        held = held & ~(release[:, None] & (slots == j[:, None]))
+        move = ~at_min | release
+        open_ = ~held
+        matrix = jnp.where(open_[:, :, None] & open_[:, None, :], g, jnp.eye(k))
+        step, _ = _solve_gram(
+            [[matrix[:, i, l] for l in range(k)] for i in range(k)],
+            [jnp.where(open_[:, i], -q[:, i], 0.0) for i in range(k)],
+        )
+        step = jnp.stack(step, axis=1)
+        room = jnp.where(step > 0, (1.0 - a) / step, (lo - a) / step)
+        room = jnp.where(open_ & (step != 0), jnp.maximum(room, 0.0), jnp.inf)
+        b = jnp.argmin(room, axis=1)
+        length = jnp.minimum(jnp.min(room, axis=1), 1.0)
+        blocked = (length < 1.0)[:, None] & (slots == b[:, None])
+        bound = jnp.where(step > 0, 1.0, lo)
+        new = jnp.where(blocked, bound, jnp.clip(a + length[:, None] * step, lo, 1.0))
+        a = jnp.where(move[:, None], new, a)
+        held = held | (move[:, None] & blocked)
+        upper = jnp.where(move[:, None] & blocked, step > 0, upper)
+        at_min = jnp.where(move, length >= 1.0, at_min)
+        return a, held, upper, at_min
+
+    state = (
+        jnp.full_like(h, lo),
+        jnp.ones(h.shape, bool),
+        jnp.zeros(h.shape, bool),
+        jnp.ones(h.shape[:1], bool),
+    )
+    return jax.lax.fori_loop(0, 4 * k + 4, iteration, state)[0]
 
 
 def _solve_gram(

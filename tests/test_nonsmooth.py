@@ -220,6 +220,31 @@ def test_fixed_output_nets_that_slide_match_the_exact_filippov_limit():
     assert checked >= 3
 
 
+def test_five_entries_of_one_neuron_slide_at_once_with_more_kink_slots():
+    # a fixed-output net whose exact flow slides on a face with five entries of one
+    # neuron: 3 (the default) or 4 slots stall there; 6 go through the active-set
+    # QP and reach the exact limit
+    rng = np.random.default_rng(927326485)
+    x = rng.normal(size=(11, 7))
+    teacher_w, teacher_v = rng.normal(size=(2, 7)) / np.sqrt(7), rng.normal(size=2)
+    y = np.maximum(x @ teacher_w.T, 0.0) @ teacher_v
+    v, w0 = rng.normal(size=2) / np.sqrt(2), rng.normal(size=(2, 7)) / np.sqrt(7)
+    exact = piecewise_affine_flow(x, y, v, w0, bias=False)
+    assert exact.status == "converged"
+    assert max(face.sum(axis=0).max() for face in exact.faces) == 5
+    model = imf.TwoLayerReLU(w0, v, train_output=False)
+    data = imf.Dataset(x, y)
+    for kinks in (3, 4):
+        flow = imf.FilippovFlow(max_kinks=kinks, kink_neurons=None)
+        result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
+        assert result.status == imf.Status.step_limit
+    flow = imf.FilippovFlow(max_kinks=6, kink_neurons=None)
+    result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
+    assert result.status == imf.Status.converged
+    np.testing.assert_allclose(result.model.hidden_weight, exact.hidden, atol=1e-7)
+    assert float(result.loss) == pytest.approx(exact.loss, rel=1e-10)
+
+
 def test_tail_jump_holds_sliding_entries_at_a_nonzero_loss_limit():
     # SLIDE_DATA's first point (label -1) cannot be fitted: the flow slides on
     # w_1 = 0 to the limit (0, 5) at loss 1/2. A jump that fitted the held row in
