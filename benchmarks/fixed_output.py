@@ -81,7 +81,7 @@ def main():
             exact = np.stack(pool.map(exact_limit, jobs))
         got = np.asarray(result.model.hidden_weight[: args.exact])
         error = np.max(np.abs(got - exact), axis=(1, 2))
-        ok = np.asarray(result.status[: args.exact] == imf.Status.converged)
+        ok = np.asarray(result.status == imf.Status.converged)[: args.exact]
         print(
             f"exact flows of the first {args.exact}: {time.perf_counter() - start:.1f} s; "
             f"distance of the converged ones' limits: {np.array2string(error[ok], precision=2)}"
