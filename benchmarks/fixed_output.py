@@ -70,7 +70,8 @@ def main():
     print(
         f"{args.num} starts, retry with {args.retry} kink slots: "
         f"{time.perf_counter() - start:.1f} s, {dict(zip(*statuses, strict=True))}, "
-        f"tried steps median {np.median(tried):.0f}, max {tried.max()}",
+        f"tried steps median {np.median(tried):.0f}, max {tried.max()}; not "
+        f"converged: {np.flatnonzero(np.asarray(result.status != imf.Status.converged))}",
         flush=True,
     )
     if args.exact:
