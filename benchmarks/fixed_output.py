@@ -54,7 +54,6 @@ def main():
         model,
         (w0, jnp.broadcast_to(v, (args.num, m))),
     )
-    retry = imf.FilippovFlow(max_kinks=args.retry, kink_neurons=None)
     start = time.perf_counter()
     result = imf.solve_ensemble(
         model,
@@ -62,7 +61,9 @@ def main():
         inits,
         flow=imf.FilippovFlow(),
         max_steps=args.max_steps,
-        retry=retry if args.retry else None,
+        retry=imf.FilippovFlow(max_kinks=args.retry, kink_neurons=None)
+        if args.retry
+        else None,
         engine=imf.LanePool(lanes=max(args.num // (2 * jax.device_count()), 1)),
     )
     statuses = np.unique(imf.status_names(result.status), return_counts=True)
