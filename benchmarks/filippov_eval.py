@@ -1,6 +1,7 @@
 """Cost of one batched evaluation of the W2 vector field, side by side.
 
     python benchmarks/filippov_eval.py [--lanes 64] [--without-qp]
+    python benchmarks/filippov_eval.py --lanes 64 --max-kinks 6 --kink-neurons 0
 
 `jax.grad`'s field (the obvious alternative, which stalls on W2), `FilippovFlow`'s
 field as the steady-state test evaluates it (pieces found from z), and as
@@ -44,6 +45,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lanes", type=int, default=256)
     parser.add_argument("--without-qp", action="store_true")
+    parser.add_argument("--max-kinks", type=int, default=3)
+    parser.add_argument("--kink-neurons", type=int, default=24, help="0: None (all)")
     args = parser.parse_args()
     if args.without_qp:
         nonsmooth._min_norm_slopes = lambda c, u, target, free, *_: jnp.where(
@@ -58,7 +61,11 @@ def main():
     )
     rows = []
     for band in (1e-8, 1e-1):
-        flow = imf.FilippovFlow(band=band)
+        flow = imf.FilippovFlow(
+            band=band,
+            max_kinks=args.max_kinks,
+            kink_neurons=args.kink_neurons or None,
+        )
         pieces = jax.jit(jax.vmap(lambda p: flow.pieces(objective, p, data)))(params)
         free = float(pieces.free.sum(axis=(1, 2)).mean())
         fields = {
