@@ -425,7 +425,8 @@ def _active_set_slopes(
     slope held at `lo`, each iteration either frees the held slope whose multiplier
     says that moving it inwards lowers the value (at a face's minimizer), or moves
     the free slopes towards their face's minimizer, up to the first bound met, which
-    then holds that slope. It stops at the minimizer; `4K + 4` iterations are run.
+    then holds that slope. It stops at the minimizer of every row, or after
+    `4K + 4` iterations.
     Slots that are not `free` stay at `lo`. A ridge of 1e-13 trace(G) keeps faces
     whose inputs are dependent solvable."""
     k = h.shape[1]
@@ -434,10 +435,18 @@ def _active_set_slopes(
     tol = 1e-12 * (scale + jnp.max(jnp.abs(h), axis=1))
     slots = jnp.arange(k)
 
-    def iteration(_, state):
-        a, held, upper, at_min = state
+    def wanted(a, held, upper):  # how much each held slope wants to move inwards
         q = jnp.einsum("rij,rj->ri", g, a) + h  # half the gradient
-        inwards = jnp.where(held & free, jnp.where(upper, q, -q), -jnp.inf)
+        return q, jnp.where(held & free, jnp.where(upper, q, -q), -jnp.inf)
+
+    def unfinished(state):
+        count, a, held, upper, at_min = state
+        done = at_min & (jnp.max(wanted(a, held, upper)[1], axis=1) <= tol)
+        return (count < 4 * k + 4) & ~jnp.all(done)
+
+    def iteration(state):
+        count, a, held, upper, at_min = state
+        q, inwards = wanted(a, held, upper)
         j = jnp.argmax(inwards, axis=1)
         release = at_min & (jnp.max(inwards, axis=1) > tol)
         held = held & ~(release[:, None] & (slots == j[:, None]))
@@ -460,15 +469,16 @@ def _active_set_slopes(
         held = held | (move[:, None] & blocked)
         upper = jnp.where(move[:, None] & blocked, step > 0, upper)
         at_min = jnp.where(move, length >= 1.0, at_min)
-        return a, held, upper, at_min
+        return count + 1, a, held, upper, at_min
 
     state = (
+        0,
         jnp.full_like(h, lo),
         jnp.ones(h.shape, bool),
         jnp.zeros(h.shape, bool),
         jnp.ones(h.shape[:1], bool),
     )
-    return jax.lax.fori_loop(0, 4 * k + 4, iteration, state)[0]
+    return jax.lax.while_loop(unfinished, iteration, state)[1]
 
 
 def _solve_gram(
