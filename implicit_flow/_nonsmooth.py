@@ -440,13 +440,12 @@ def _active_set_slopes(
         return q, jnp.where(held & free, jnp.where(upper, q, -q), -jnp.inf)
 
     def unfinished(state):
-        count, a, held, upper, at_min = state
-        done = at_min & (jnp.max(wanted(a, held, upper)[1], axis=1) <= tol)
+        count, _, _, _, at_min, _, inwards = state
+        done = at_min & (jnp.max(inwards, axis=1) <= tol)
         return (count < 4 * k + 4) & ~jnp.all(done)
 
     def iteration(state):
-        count, a, held, upper, at_min = state
-        q, inwards = wanted(a, held, upper)
+        count, a, held, upper, at_min, q, inwards = state
         j = jnp.argmax(inwards, axis=1)
         release = at_min & (jnp.max(inwards, axis=1) > tol)
         held = held & ~(release[:, None] & (slots == j[:, None]))
@@ -469,15 +468,14 @@ def _active_set_slopes(
         held = held | (move[:, None] & blocked)
         upper = jnp.where(move[:, None] & blocked, step > 0, upper)
         at_min = jnp.where(move, length >= 1.0, at_min)
-        return count + 1, a, held, upper, at_min
+        return count + 1, a, held, upper, at_min, *wanted(a, held, upper)
 
-    state = (
-        0,
+    a, held, upper = (
         jnp.full_like(h, lo),
         jnp.ones(h.shape, bool),
         jnp.zeros(h.shape, bool),
-        jnp.ones(h.shape[:1], bool),
     )
+    state = (0, a, held, upper, jnp.ones(h.shape[:1], bool), *wanted(a, held, upper))
     return jax.lax.while_loop(unfinished, iteration, state)[1]
 
 
