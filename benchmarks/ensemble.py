@@ -9,6 +9,7 @@ and lane-step counts do not.
 """
 
 import argparse
+import multiprocessing
 import os
 import time
 
@@ -32,6 +33,7 @@ from implicit_flow.cli import (  # noqa: E402
     default_cache_dir,
     use_compilation_cache,
 )
+from implicit_flow.exact._piecewise import piecewise_affine_flow  # noqa: E402
 
 
 def workload(name: str):
@@ -96,6 +98,20 @@ def flat(models) -> np.ndarray:
     """(num, params) from a batch of models."""
     leaves = jax.tree.leaves(eqx.filter(models, eqx.is_inexact_array))
     return np.concatenate([np.asarray(a).reshape(a.shape[0], -1) for a in leaves], 1)
+
+
+def exact_limits(x, y, v, starts, mean: bool = False) -> np.ndarray:
+    """`piecewise_affine_flow`'s limits (output weights `v` fixed, no bias) from each
+    hidden layer of `starts`, (k, m, d) -> (k, m, d), one process per core."""
+    jobs = [(x, y, v, w, mean) for w in starts]
+    chunk = max(1, len(jobs) // (8 * cpu_cores()))
+    with multiprocessing.get_context("spawn").Pool(cpu_cores()) as pool:
+        return np.stack(pool.map(_exact_limit, jobs, chunksize=chunk))
+
+
+def _exact_limit(job) -> np.ndarray:
+    x, y, v, w, mean = job
+    return piecewise_affine_flow(x, y, v, w, bias=False, mean=mean).hidden
 
 
 def tail_fields(spec: str) -> dict:

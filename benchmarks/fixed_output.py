@@ -11,7 +11,6 @@ independent truth at W2's size (d = 10, m = 64, n = 32), v fixed at N(0, 1/m).
 """
 
 import argparse
-import multiprocessing
 import time
 
 import jax
@@ -23,16 +22,10 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from ensemble import workload  # noqa: E402
+from ensemble import exact_limits, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
 from implicit_flow.cli import cpu_cores  # noqa: E402
-from implicit_flow.exact._piecewise import piecewise_affine_flow  # noqa: E402
-
-
-def exact_limit(args) -> np.ndarray:
-    x, y, v, w = args
-    return piecewise_affine_flow(x, y, v, w, bias=False).hidden
 
 
 def main():
@@ -77,10 +70,8 @@ def main():
     )
     if args.exact:
         x, y = np.asarray(data.x), np.asarray(data.y)
-        jobs = [(x, y, np.asarray(v), w) for w in np.asarray(w0[: args.exact])]
         start = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(cpu_cores()) as pool:
-            exact = np.stack(pool.map(exact_limit, jobs))
+        exact = exact_limits(x, y, np.asarray(v), np.asarray(w0[: args.exact]))
         got = np.asarray(result.model.hidden_weight[: args.exact])
         error = np.max(np.abs(got - exact), axis=(1, 2))
         ok = np.asarray(result.status == imf.Status.converged)[: args.exact]

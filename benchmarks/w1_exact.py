@@ -12,7 +12,6 @@ worst starts.
 """
 
 import argparse
-import multiprocessing
 import time
 
 import jax
@@ -25,12 +24,10 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
-from ensemble import workload  # noqa: E402
+from ensemble import exact_limits, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
 from implicit_flow._samplers import sample_members  # noqa: E402
-from implicit_flow.cli import cpu_cores  # noqa: E402
-from implicit_flow.exact._piecewise import piecewise_affine_flow  # noqa: E402
 
 
 FLOWS = {
@@ -38,13 +35,6 @@ FLOWS = {
     "filippov": imf.FilippovFlow(),
     "filippov-band1e-11": imf.FilippovFlow(band=1e-11),
 }
-
-
-def exact_limit(args) -> np.ndarray:
-    x, y, w, mean = args
-    return piecewise_affine_flow(
-        x, y, np.ones(1), w[None], bias=False, mean=mean
-    ).hidden[0]
 
 
 def main():
@@ -87,9 +77,8 @@ def main():
             flush=True,
         )
     x, y = np.asarray(data.x), np.asarray(data.y)
-    jobs = [(x, y, w, args.mean) for w in np.asarray(inits.weight)]
-    with multiprocessing.get_context("spawn").Pool(cpu_cores()) as pool:
-        exact = np.stack(pool.map(exact_limit, jobs, chunksize=64))
+    starts = np.asarray(inits.weight)[:, None]  # one neuron: (num, 1, d)
+    exact = exact_limits(x, y, np.ones(1), starts, args.mean)[:, 0]
     for name, got in limits.items():
         error = np.max(np.abs(got - exact), axis=1)
         worst = args.start + np.argsort(-error)[:5]
