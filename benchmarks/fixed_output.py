@@ -7,7 +7,8 @@ With `train_output=False` the flow is piecewise affine, sliding included, so
 `exact_flow` gives its limit (~1-2 min a start here, hundreds of pieces): an
 independent truth at W2's size (d = 10, m = 64, n = 32), v fixed at N(0, 1/m).
 `solve_ensemble` solves every start with `FilippovFlow()` (3 kink slots), then, with
-`--retry K`, again those that stalled with K slots (K > 4: the active-set QP).
+`--retry K`, again those that stalled with K slots (K > 4: the active-set QP), in a
+pool whose stall rule looks at `--retry-stall-steps` tried steps at a time.
 """
 
 import argparse
@@ -32,6 +33,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--retry", type=int, default=6, help="kink slots (0: none)")
+    parser.add_argument(
+        "--retry-stall-steps", type=int, default=1000, help="the retry pool's rule"
+    )
     parser.add_argument("--max-steps", type=int, default=20_000)
     parser.add_argument("--exact", type=int, default=0, help="starts solved exactly")
     args = parser.parse_args()
@@ -47,6 +51,7 @@ def main():
         model,
         (w0, jnp.broadcast_to(v, (args.num, m))),
     )
+    lanes = max(args.num // (2 * jax.device_count()), 1)
     start = time.perf_counter()
     result = imf.solve_ensemble(
         model,
@@ -57,12 +62,14 @@ def main():
         retry=imf.FilippovFlow(max_kinks=args.retry, kink_neurons=None)
         if args.retry
         else None,
-        engine=imf.LanePool(lanes=max(args.num // (2 * jax.device_count()), 1)),
+        engine=imf.LanePool(lanes=lanes),
+        retry_engine=imf.LanePool(lanes=lanes, stall_steps=args.retry_stall_steps),
     )
     statuses = np.unique(imf.status_names(result.status), return_counts=True)
     tried = np.asarray(result.num_steps + result.num_rejected)
     print(
-        f"{args.num} starts, retry with {args.retry} kink slots: "
+        f"{args.num} starts, retry with {args.retry} kink slots, stall rule over "
+        f"{args.retry_stall_steps} steps: "
         f"{time.perf_counter() - start:.1f} s, {dict(zip(*statuses, strict=True))}, "
         f"tried steps median {np.median(tried):.0f}, max {tried.max()}; not "
         f"converged: {np.flatnonzero(np.asarray(result.status != imf.Status.converged))}",

@@ -44,9 +44,6 @@ from ._tail import TailJump
 
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
-# a lane whose t advances by less than _STALL_DT max(1, t) over _STALL tried steps
-# has stalled (on W2 such flows take steps of ~1e-6 from then on, to max_steps)
-_STALL, _STALL_DT = 1000, 1e-3
 
 
 class _Source(eqx.Module):
@@ -78,7 +75,7 @@ class _Lane(eqx.Module):
     rejected: Int[Array, ""]
     jumps: Int[Array, ""]
     next_jump: Float[Array, ""]
-    mark: Float[Array, ""]  # t at the last multiple of _STALL tried steps
+    mark: Float[Array, ""]  # t at the last multiple of `stall_steps` tried steps
 
 
 class _Problem(eqx.Module):
@@ -130,8 +127,10 @@ class _Problem(eqx.Module):
             mark=jnp.zeros_like(tnext),
         )
 
-    def step(self, lane: _Lane) -> _Lane:
-        """One solver step with step-size adaptation, as in Diffrax's own loop."""
+    def step(self, lane: _Lane, stall_steps: int, stall_advance: float) -> _Lane:
+        """One solver step with step-size adaptation, as in Diffrax's own loop; a lane
+        whose t advanced by less than `stall_advance` max(1, t) over its last
+        `stall_steps` tried steps ends as stalled (see `LanePool`)."""
         (solver, controller), term = self.stepping, self.term
         order = solver.error_order(term)
         y, y_error, _, solver_state, solver_result = solver.step(
@@ -174,8 +173,9 @@ class _Problem(eqx.Module):
             speed = self.flow.speed(self.objective, y, self.data)
         else:
             speed = jnp.where(keep & end[1], tree_norm(end[0]), jnp.inf)
-        checkpoint = (accepted + rejected) % _STALL == 0
-        stalled = checkpoint & (tprev - lane.mark < _STALL_DT * jnp.maximum(1.0, tprev))
+        checkpoint = (accepted + rejected) % stall_steps == 0
+        stalled = tprev - lane.mark < stall_advance * jnp.maximum(1.0, tprev)
+        stalled = checkpoint & stalled
         code = jnp.select(
             [
                 ~finite,
@@ -267,7 +267,13 @@ class LanePool(AbstractEnsembleEngine):
 
     Fields: `lanes` (per device), `refill_every`, `narrow`, `devices` (None: every local
     device of the default backend; on CPU, `jax.config.update("jax_num_cpu_devices",
-    n)` at start-up gives n devices, one per core, and the CLI sets one per core).
+    n)` at start-up gives n devices, one per core, and the CLI sets one per core);
+    `stall_steps` and `stall_advance`: a flow whose t advances by less than
+    `stall_advance` max(1, t) over `stall_steps` tried steps ends as `stalled`
+    (on W2 such flows take steps of ~1e-6 from then on, to max_steps). A hard
+    passage can fail that and still get through (a fixed-output start with 6 kink
+    slots: 6 570 tried steps alone, a false `stalled` in a default pool), so a
+    `retry_engine` of `solve_ensemble` may well be laxer.
 
     The default 256 lanes suits CPU cores. A GPU needs far wider pools, since each
     loop iteration pays a fixed launch cost (on an H200, W2's took ~3.5 ms at 1024
@@ -279,12 +285,18 @@ class LanePool(AbstractEnsembleEngine):
     refill_every: int = eqx.field(static=True, default=16)
     narrow: int | None = eqx.field(static=True, default=None)
     devices: tuple | None = eqx.field(static=True, default=None)
+    stall_steps: int = eqx.field(static=True, default=1000)
+    stall_advance: float = eqx.field(static=True, default=1e-3)
 
     def __check_init__(self):
-        if self.lanes < 1 or self.refill_every < 1:
+        if self.lanes < 1 or self.refill_every < 1 or self.stall_steps < 1:
             raise ValueError(
-                f"lanes and refill_every must be positive, got {self.lanes}, "
-                f"{self.refill_every}"
+                "lanes, refill_every and stall_steps must be positive, got "
+                f"{self.lanes}, {self.refill_every}, {self.stall_steps}"
+            )
+        if not self.stall_advance >= 0:
+            raise ValueError(
+                f"stall_advance must be non-negative, got {self.stall_advance}"
             )
         if self.narrow is not None and not 1 <= self.narrow <= self.lanes:
             raise ValueError(f"narrow must be in [1, lanes], got {self.narrow}")
@@ -325,6 +337,7 @@ class LanePool(AbstractEnsembleEngine):
             self.lanes,
             self.refill_every,
             self.narrow_width(min(self.lanes, per_device)),
+            (self.stall_steps, self.stall_advance),
             mesh,
             progress,
         )
@@ -350,6 +363,7 @@ def _run_pool(
     lanes: int,
     refill_every: int,
     narrow: int,
+    stall: tuple[int, float],
     mesh: Mesh,
     progress: bool,
 ) -> FlowResult:
@@ -367,7 +381,15 @@ def _run_pool(
         if stacked:
             offset = 0  # the stacked rows arrive already split
         return _pool_loop(
-            problem, source, offset, per_device, lanes, refill_every, narrow, progress
+            problem,
+            source,
+            offset,
+            per_device,
+            lanes,
+            refill_every,
+            narrow,
+            stall,
+            progress,
         )
 
     specs = jtu.tree_map(lambda _: PartitionSpec(), dynamic)
@@ -394,6 +416,7 @@ def _pool_loop(
     lanes: int,
     refill_every: int,
     narrow: int,
+    stall: tuple[int, float],
     progress: bool,
 ) -> FlowResult:
     lanes = min(lanes, num)
@@ -504,7 +527,10 @@ def _pool_loop(
     def body(carry):
         lane, next_index, outputs = refill(*carry)
         lane = jax.lax.fori_loop(
-            0, refill_every, lambda _, l: jax.vmap(problem.step)(l), lane
+            0,
+            refill_every,
+            lambda _, l: jax.vmap(lambda one: problem.step(one, *stall))(l),
+            lane,
         )
         return lane, next_index, outputs
 
@@ -574,6 +600,7 @@ def solve_ensemble(
     engine: AbstractEnsembleEngine = LanePool(),
     progress: bool = False,
     retry: AbstractFlow | None = None,
+    retry_engine: AbstractEnsembleEngine | None = None,
 ) -> FlowResult:
     """Gradient flows from many initializations to their limit points, in one call.
 
@@ -595,6 +622,9 @@ def solve_ensemble(
             (on W2, the 1.6 % of starts where a neuron meets 4 kinks at once).
             Their results are those of the second pass, with the work of both
             passes in the counts.
+        retry_engine: the engine of that second pass (default: `engine`); e.g. a
+            `LanePool` with a laxer stall rule, for flows that get through hard
+            passages slowly.
 
     Returns:
         A `FlowResult` whose leaves have a leading member axis, `init` included.
@@ -647,7 +677,7 @@ def solve_ensemble(
         trainable=trainable,
         flow=retry,
         tail=tail,
-        engine=engine,
+        engine=engine if retry_engine is None else retry_engine,
         progress=progress,
     )
     work = lambda r: (r.num_steps, r.num_rejected, r.num_vf_evals, r.num_jumps)

@@ -55,6 +55,44 @@ def test_ensemble_equals_one_flow_at_a_time():
             assert abs(int(result.num_steps[i]) - int(alone.num_steps)) <= 2
 
 
+def test_stall_rule_and_a_laxer_retry_engine():
+    # a pool whose stall rule cannot be met (t must advance by 1e9 max(1, t) every 8
+    # tried steps) ends every running flow as stalled at exactly 8 tried steps; a
+    # retry pass in a default pool takes them on from their starts to zero loss,
+    # with the balancedness W1 W1^T - W2^T W2 of their starts (a deep linear net's
+    # conserved quantity) and the work of both passes
+    data, model = _deep_linear_problem()
+    inits = _mixed_inits(model)
+    harsh = imf.LanePool(lanes=3, refill_every=4, stall_steps=8, stall_advance=1e9)
+    first = imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=harsh)
+    names = ["stalled"] * 4 + ["nonfinite"] + ["stalled"] * 2
+    assert list(imf.status_names(first.status)) == names
+    tried = np.asarray(first.num_steps + first.num_rejected)
+    assert np.all(np.delete(tried, 4) == 8)
+    both = imf.solve_ensemble(
+        model,
+        data,
+        inits,
+        gtol=GTOL,
+        engine=harsh,
+        retry=imf.GradientFlow(),
+        retry_engine=imf.LanePool(lanes=4),
+    )
+    names = ["converged"] * 4 + ["nonfinite"] + ["converged"] * 2
+    assert list(imf.status_names(both.status)) == names
+    keep = np.array(names) == "converged"
+    assert np.all(np.asarray(both.loss)[keep] < 1e-18)
+    balance = lambda w: w[0] @ w[0].mT - w[1].mT @ w[1]
+    start, end = balance(both.init.weights)[keep], balance(both.model.weights)[keep]
+    np.testing.assert_allclose(end, start, rtol=0, atol=1e-8 * np.abs(start).max())
+    retried = np.asarray(both.num_steps + both.num_rejected)[keep]
+    assert np.all(retried > 8 + 20)
+    with pytest.raises(ValueError, match="stall_steps"):
+        imf.LanePool(stall_steps=0)
+    with pytest.raises(ValueError, match="stall_advance"):
+        imf.LanePool(stall_advance=float("nan"))
+
+
 def test_pool_size_does_not_change_results():
     data, model = _deep_linear_problem()
     inits = _mixed_inits(model)
