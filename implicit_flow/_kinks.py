@@ -14,7 +14,13 @@ grow back (on W2 that was 2/3 of all tried steps). Here instead
   crossing (secant on the linear interpolation of z; for a tangential exit from
   deep inside the band, the root of a parabola), and after an accepted step
   the next one is clipped to the predicted time of the next crossing; the
-  controller's own step size is remembered and restored after the landing.
+  controller's own step size is remembered and restored after the landing;
+- entries that the field on both sides carries across their kink (`crosses`,
+  judged after each step from its secant; "passing") have no band: their side
+  is the sign of z, and steps land on z = 0 itself, so the field past the kink
+  is the far side's from the landing on. (Through a band, a slow crossing kept
+  one side's field for ~band / |dz/dt|.) Solver and controller must judge
+  passing alike: `FilippovFlow.integrator` gives both the same `crosses`.
 
 Each crossing then costs a few short, accepted steps instead of ~20 rejected and
 regrowing ones. Both wrap any Diffrax solver and adaptive controller;
@@ -36,8 +42,9 @@ from ._data import Dataset
 class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     """Final. `solver`, with the field of each step frozen on the start's pieces.
 
-    Fields: `solver`; `freeze`, (params, data) -> the pieces at the step's start
-    (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free entries);
+    Fields: `solver`; `freeze`, (params, data, before) -> the pieces at the step's
+    start (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free
+    entries), where `before` is the previous step's (start, length), None at t0;
     `field`, (params, data, pieces) -> the velocity on those pieces.
 
     The pieces are computed once per step, at its end point, and kept in the
@@ -47,7 +54,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     """
 
     solver: dfx.AbstractSolver
-    freeze: Callable[[Params, Dataset], PyTree]
+    freeze: Callable[[Params, Dataset, tuple[Params, Array] | None], PyTree]
     field: Callable[[Params, Dataset, PyTree], Params]
 
     @property
@@ -66,7 +73,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
 
     def init(self, terms, t0, t1, y0, args):
         inner = self.solver.init(terms, t0, t1, y0, args)
-        return _KinkState(inner, self.freeze(y0, args), jnp.asarray(True))
+        return _KinkState(inner, self.freeze(y0, args, None), jnp.asarray(True))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del terms
@@ -77,7 +84,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         y1, y_error, dense, inner, result = self.solver.step(
             frozen, t0, t1, y0, args, solver_state.inner, made_jump
         )
-        after = self.freeze(y1, args)
+        after = self.freeze(y1, args, (y0, t1 - t0))
         same = jtu.tree_map(lambda a, b: jnp.all(a == b), after, pieces)
         fresh = jnp.all(jnp.stack(jtu.tree_leaves(same)))
         return y1, y_error, dense, _KinkState(inner, after, fresh), result
@@ -108,11 +115,12 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
     end and still be accepted: creeping exits from a sliding surface (the field
     is continuous there) then do not stall the solve in ever shorter steps;
     `crosses` (optional), (params, data, z, dz/dt) -> the (n, m) entries that
-    the field on the band's other side would carry on through it: a step then
-    ends past such a kink's far edge (up to a whole `band` past it) instead of
-    landing in the band, which saves the steps into, through and out of it
-    (a transversal crossing needs no slope from the band; a wrong guess costs a
-    landing from the other side).
+    the field on the band's other side would carry on through it ("passing",
+    judged at each accepted step's end from its secant): their side is the sign
+    of z, and a step lands on z = 0 (up to `slack` past it) instead of in the
+    band, which saves the steps into, through and out of it (a transversal
+    crossing needs no slope from the band; a wrong guess costs a landing from
+    the other side). The solver's pieces must give them the same sides.
     """
 
     controller: dfx.AbstractAdaptiveStepSizeController
@@ -146,16 +154,12 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False), passing)
 
     def _edge(self, side, direction, passing):
-        """The band edge an entry on `side` meets moving in `direction`, how far past
-        it a step may end, and the landing aim halfway there. A `passing` entry
-        meets the far edge and may end up to a whole `band` past it (all of it on
-        its near side's field: an O(band) error, as a landing in the band has)."""
-        passing = passing & (side != 0)
-        edge = jnp.where(
-            side != 0, jnp.where(passing, -side, side), jnp.sign(direction)
-        )
-        edge = edge * self.band
-        slack = jnp.where(passing, 1.0, self.slack) * self.band
+        """The edge an entry on `side` meets moving in `direction`, and the landing
+        aim halfway into the `slack` past it: a band edge, or z = 0 for a
+        `passing` entry (see `band_sides`)."""
+        edge = jnp.where(side != 0, side, jnp.sign(direction)) * self.band
+        edge = jnp.where(passing & (side != 0), 0.0, edge)
+        slack = self.slack * self.band
         return edge, slack, edge + jnp.sign(direction) * slack / 2
 
     def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
@@ -165,12 +169,12 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         h = t1 - t0
         floor = 64 * jnp.finfo(h.dtype).eps * jnp.maximum(jnp.abs(t1), 1.0)
         z0, z1 = self.surfaces(y0, args), self.surfaces(y1, args)
-        side0, side1 = band_sides(z0, self.band), band_sides(z1, self.band)
+        side0 = band_sides(z0, self.band, state.passing)
+        side1 = band_sides(z1, self.band, state.passing)
         dz = z1 - z0
         # band edges this step crossed: landing aims slack/2 past them
         edge, slack, aim = self._edge(side0, dz, state.passing)
         crossed = side1 != side0
-        # (past it: a passing entry may stop in the band, where it then lands)
         late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > slack))
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
         # that parabola lands far short, so exits from deep in the band take its
@@ -186,6 +190,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         if self.crosses is not None:
             passing = self.crosses(y1, args, z1, velocity)
             passing = jnp.where(accept, passing, state.passing)
+        side1 = band_sides(z1, self.band, passing)
         edge, _, aim = self._edge(side1, velocity, passing)
         ahead = jnp.where(
             (edge - z1) * velocity > 0, (aim - z1) / _nonzero(velocity), jnp.inf
@@ -211,9 +216,15 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         )
 
 
-def band_sides(z: Float[Array, "n m"], band: float) -> Int[Array, "n m"]:
-    """1 above the band |z| <= `band`, -1 below it, 0 inside."""
-    return jnp.where(z > band, 1, jnp.where(z < -band, -1, 0))
+def band_sides(
+    z: Float[Array, "n m"], band: float, passing: Bool[Array, "n m"] | None = None
+) -> Int[Array, "n m"]:
+    """1 above the band |z| <= `band`, -1 below it, 0 inside; the sign of z for
+    `passing` entries (they cross their kink with no band)."""
+    sides = jnp.where(z > band, 1, jnp.where(z < -band, -1, 0))
+    if passing is None:
+        return sides
+    return jnp.where(passing, jnp.sign(z).astype(sides.dtype), sides)
 
 
 def _nonzero(a):

@@ -109,18 +109,27 @@ class FilippovFlow(AbstractFlow):
         hidden, _, x = hidden_rows(_checked(objective.model(params)), data.x)
         return x @ hidden.T
 
-    def sides(self, z: Float[Array, "n m"]) -> Int[Array, "n m"]:
-        """1 above the band, -1 below it, 0 inside (a free slope)."""
-        return band_sides(z, self.band)
+    def sides(
+        self, z: Float[Array, "n m"], passing: Bool[Array, "n m"] | None = None
+    ) -> Int[Array, "n m"]:
+        """1 above the band, -1 below it, 0 inside (a free slope); the sign of z for
+        `passing` entries (see `crosses`)."""
+        return band_sides(z, self.band, passing)
 
-    def pieces(self, objective: Objective, params: Params, data: Dataset) -> "Pieces":
+    def pieces(
+        self,
+        objective: Objective,
+        params: Params,
+        data: Dataset,
+        passing: Bool[Array, "n m"] | None = None,
+    ) -> "Pieces":
         """Where every pre-activation is, and what a step frozen there needs."""
         model = _checked(objective.model(params))
         hidden, _, x = hidden_rows(model, data.x)
-        return self._pieces(x @ hidden.T, x, model.negative_slope)
+        return self._pieces(x @ hidden.T, x, model.negative_slope, passing)
 
-    def _pieces(self, z, x, alpha) -> "Pieces":
-        sides = self.sides(z)
+    def _pieces(self, z, x, alpha, passing=None) -> "Pieces":
+        sides = self.sides(z, passing)
         rows, near, free = self.kinks(z, sides == 0)
         held = held_entries(rows, near, free, z.shape)
         slope = jnp.where(held, 0.0, jnp.where(z > 0, 1.0, alpha))
@@ -132,18 +141,30 @@ class FilippovFlow(AbstractFlow):
         if not self.land:
             return solver, controller
         surfaces = lambda params, data: self.pre_activations(objective, params, data)
-        solver = KinkSolver(
-            solver,
-            lambda params, data: self.pieces(objective, params, data),
-            lambda params, data, pieces: self.velocity(objective, params, data, pieces),
-        )
-        if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
+        adaptive = isinstance(controller, dfx.AbstractAdaptiveStepSizeController)
+        crosses = None  # without landings, no entry passes
+        if self.cross and adaptive:
             crosses = lambda params, data, z, dz: self.crosses(
                 objective, params, data, z, dz
             )
-            controller = LandOnKinks(
-                controller, surfaces, self.band, crosses=crosses if self.cross else None
-            )
+        if adaptive:
+            controller = LandOnKinks(controller, surfaces, self.band, crosses=crosses)
+
+        def freeze(params, data, before):
+            """The pieces at `params`; entries passing their kink as `LandOnKinks`
+            judges them, from the secant of the step `before` that ended here."""
+            if crosses is None or before is None:
+                return self.pieces(objective, params, data)
+            start, h = before
+            z = surfaces(params, data)
+            dz = (z - surfaces(start, data)) / h
+            return self.pieces(objective, params, data, crosses(params, data, z, dz))
+
+        solver = KinkSolver(
+            solver,
+            freeze,
+            lambda params, data, pieces: self.velocity(objective, params, data, pieces),
+        )
         return solver, controller
 
     def crosses(

@@ -10,6 +10,7 @@ import scipy.optimize
 
 import implicit_flow as imf
 from implicit_flow import KinkSolver, LandOnKinks
+from implicit_flow._kinks import band_sides
 from implicit_flow.exact._piecewise import piecewise_affine_flow
 
 
@@ -20,15 +21,18 @@ def _toy(land: bool, cross: bool = False):
     """y' = 1 below y = 1/2 and 3 above it (2 inside the band): y(1) = 2 from y(0) = 0.
     With `cross`, `LandOnKinks` is told that the crossing is transversal."""
     surfaces = lambda y, args: (y - 0.5).reshape(1, 1)
-    sides = lambda y, args: jnp.where(
-        surfaces(y, args) > BAND, 1, jnp.where(surfaces(y, args) < -BAND, -1, 0)
-    )
+    crosses = (lambda y, args, z, dz: jnp.ones_like(z, bool)) if cross else None
+
+    def sides(y, args, before=None):  # passing after a step, as `LandOnKinks` judges
+        z = surfaces(y, args)
+        passing = None if crosses is None or before is None else crosses(y, args, z, z)
+        return band_sides(z, BAND, passing)
+
     field = lambda y, args, s: jnp.where(s > 0, 3.0, jnp.where(s < 0, 1.0, 2.0))[0]
     term = dfx.ODETerm(lambda t, y, args: field(y, args, sides(y, args)))
     solver, controller = dfx.Tsit5(), dfx.PIDController(rtol=1e-10, atol=1e-12)
     if land:
         solver = KinkSolver(solver, sides, field)
-        crosses = (lambda y, args, z, dz: jnp.ones_like(z, bool)) if cross else None
         controller = LandOnKinks(controller, surfaces, BAND, crosses=crosses)
     return dfx.diffeqsolve(
         term, solver, 0.0, 1.0, None, jnp.zeros(1), stepsize_controller=controller
@@ -47,9 +51,10 @@ def test_landing_on_a_jump_of_the_field_is_exact_and_cheap():
 
 def test_a_transversal_crossing_passes_the_band_in_one_step():
     landed, passed = _toy(True), _toy(True, cross=True)
-    # the passing step crosses the band and up to one BAND past it at speed 1,
-    # where the flow runs at 2 and 3: y(1) falls short by a few BAND at most
-    assert abs(float(passed.ys[-1, 0]) - 2.0) <= 5 * BAND
+    # the passing entry has no band: the step lands on y = 1/2 itself (up to the
+    # slack, BAND / 100, past it) and the next goes on at speed 3 (measured: -0.01
+    # BAND; through the band, at speed 1 up to a BAND past it, it was a few BAND)
+    assert abs(float(passed.ys[-1, 0]) - 2.0) <= 0.05 * BAND
     accepted = lambda s: int(s.stats["num_accepted_steps"])
     assert accepted(passed) < accepted(landed)  # the steps into and through the band
 
@@ -216,7 +221,7 @@ def test_the_end_velocity_is_the_field_at_the_step_end_unless_a_kink_was_crossed
     from implicit_flow._solve import end_velocity
 
     surfaces = lambda y, args: (y - 0.5).reshape(1, 1)
-    sides = lambda y, args: jnp.where(surfaces(y, args) > BAND, 1, -1)
+    sides = lambda y, args, before=None: jnp.where(surfaces(y, args) > BAND, 1, -1)
     field = lambda y, args, s: jnp.where(s > 0, -3.0 * y, -y)[0]
     term = dfx.ODETerm(lambda t, y, args: field(y, args, sides(y, args)))
     tsit5 = dfx.Tsit5()
@@ -306,7 +311,10 @@ def _slow_crossing():
     [
         (imf.GradientFlow(), 1e-9),
         (imf.FilippovFlow(band=1e-11), 1e-9),
-        (imf.FilippovFlow(), 1e-6),  # the band's error: ~20 band on this crossing
+        # a passing entry lands on its kink itself (measured: 8.5e-10 off); through
+        # the band it keeps one side's field for ~band / |dz/dt| (1.3e-7 off)
+        (imf.FilippovFlow(), 1e-8),
+        (imf.FilippovFlow(cross=False), 1e-6),
     ],
 )
 def test_a_slow_crossing_is_not_stepped_over(flow, tol):
