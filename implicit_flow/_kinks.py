@@ -15,11 +15,14 @@ grow back (on W2 that was 2/3 of all tried steps). Here instead
   deep inside the band, the root of a parabola), and after an accepted step
   the next one is clipped to the predicted time of the next crossing; the
   controller's own step size is remembered and restored after the landing;
-- entries that the field on both sides carries across their kink (`crosses`,
-  judged after each step from its secant; "passing") have no band: their side
-  is the sign of z, and steps land on z = 0 itself, so the field past the kink
-  is the far side's from the landing on. (Through a band, a slow crossing kept
-  one side's field for ~band / |dz/dt|.) Solver and controller must judge
+- entries that arrive at their kink from outside the band and that the field on
+  both sides carries across it (`crosses`, judged after each step from its
+  secant; "passing") have no band: their side is the sign of z, and steps land
+  on z = 0 itself, so the field past the kink is the far side's from the
+  landing on. (Through a band, a slow crossing kept one side's field for
+  ~band / |dz/dt|.) An entry inside the band keeps the band's free slope, so a
+  surface that turns repelling (on W2, where v_j changes sign) keeps the flow
+  on it, as the minimal-norm rule does. Solver and controller must judge
   passing alike: `FilippovFlow.integrator` gives both the same `crosses`.
 
 Each crossing then costs a few short, accepted steps instead of ~20 rejected and
@@ -44,7 +47,8 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
 
     Fields: `solver`; `freeze`, (params, data, before) -> the pieces at the step's
     start (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free
-    entries), where `before` is the previous step's (start, length), None at t0;
+    entries), where `before` is the previous step's (start, length, pieces),
+    None at t0;
     `field`, (params, data, pieces) -> the velocity on those pieces.
 
     The pieces are computed once per step, at its end point, and kept in the
@@ -54,7 +58,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     """
 
     solver: dfx.AbstractSolver
-    freeze: Callable[[Params, Dataset, tuple[Params, Array] | None], PyTree]
+    freeze: Callable[[Params, Dataset, tuple[Params, Array, PyTree] | None], PyTree]
     field: Callable[[Params, Dataset, PyTree], Params]
 
     @property
@@ -84,7 +88,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         y1, y_error, dense, inner, result = self.solver.step(
             frozen, t0, t1, y0, args, solver_state.inner, made_jump
         )
-        after = self.freeze(y1, args, (y0, t1 - t0))
+        after = self.freeze(y1, args, (y0, t1 - t0, pieces))
         same = jtu.tree_map(lambda a, b: jnp.all(a == b), after, pieces)
         fresh = jnp.all(jnp.stack(jtu.tree_leaves(same)))
         return y1, y_error, dense, _KinkState(inner, after, fresh), result
@@ -116,7 +120,8 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
     is continuous there) then do not stall the solve in ever shorter steps;
     `crosses` (optional), (params, data, z, dz/dt) -> the (n, m) entries that
     the field on the band's other side would carry on through it ("passing",
-    judged at each accepted step's end from its secant): their side is the sign
+    judged at each accepted step's end from its secant, for entries that were
+    outside the band or passing at its start): their side is the sign
     of z, and a step lands on z = 0 (up to `slack` past it) instead of in the
     band, which saves the steps into, through and out of it (a transversal
     crossing needs no slope from the band; a wrong guess costs a landing from
@@ -188,7 +193,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         velocity = dz / h
         passing = jnp.zeros_like(state.passing)
         if self.crosses is not None:
-            passing = self.crosses(y1, args, z1, velocity)
+            passing = self.crosses(y1, args, z1, velocity) & (side0 != 0)
             passing = jnp.where(accept, passing, state.passing)
         side1 = band_sides(z1, self.band, passing)
         edge, _, aim = self._edge(side1, velocity, passing)

@@ -51,10 +51,10 @@ class FilippovFlow(AbstractFlow):
     """Final. The minimal-norm subgradient flow of `ReLUNeuron` and `TwoLayerReLU` models.
 
     Fields: `band`, the half-width of $|z_{ij}|$ within which a kink's slope is free
-    (the accuracy of sliding is about `band`; a slow crossing spends ~band / |dz/dt|
-    in it on one side's field, which cost 1.9e-7 on a W1 start whose crossing would
-    dip only 1e-5 deep, 2.2e-10 at `band=1e-11`, but so thin a band stalled 12 of
-    2000 W1 starts); `pull`, a rate $1/\\tau$ that aims a
+    (the accuracy of sliding is about `band`; a crossing that goes through the band
+    spends ~band / |dz/dt| in it on one side's field, which cost 1.3e-7 with
+    `cross=False` on a W1 start whose crossing would dip only 1e-5 deep; so thin a
+    band as 1e-11 stalled 12 of 2000 W1 starts); `pull`, a rate $1/\\tau$ that aims a
     sliding pre-activation at $\\dot z = -z/\\tau$ instead of 0, so that integration
     errors cannot walk it out of the band (default 1; 0 turns it off); `land`
     (default True), step with `KinkSolver` and `LandOnKinks` (`integrator`), which
@@ -72,9 +72,10 @@ class FilippovFlow(AbstractFlow):
     their faces (all of them if None). Beyond these limits, entries keep the
     slope of their sign: a flow that needs more chatters at the band and
     stalls, and `solve_ensemble(retry=...)` can solve it again with larger
-    limits. `cross` (default True): `LandOnKinks` carries entries that the flow
-    crosses transversally (see `crosses`) through the band in one step instead
-    of landing in it (on W2: 6 % fewer steps, as accurate).
+    limits. `cross` (default True): entries that the flow crosses transversally
+    (see `crosses`) have no band: steps land on z = 0 itself, where the far
+    side's field takes over, instead of landing in the band and going through it
+    (on W2: 6 % fewer steps; on that W1 start 8.5e-10 from the exact limit).
 
     Keep the controller's `atol` well below `band` (the default rtol 1e-12 / atol
     1e-14 does): with atol near the band, integration error walks sliding
@@ -152,13 +153,14 @@ class FilippovFlow(AbstractFlow):
 
         def freeze(params, data, before):
             """The pieces at `params`; entries passing their kink as `LandOnKinks`
-            judges them, from the secant of the step `before` that ended here."""
+            judges them, from the step `before` that ended here."""
             if crosses is None or before is None:
                 return self.pieces(objective, params, data)
-            start, h = before
+            start, h, pieces = before
             z = surfaces(params, data)
             dz = (z - surfaces(start, data)) / h
-            return self.pieces(objective, params, data, crosses(params, data, z, dz))
+            passing = crosses(params, data, z, dz) & (pieces.sides != 0)
+            return self.pieces(objective, params, data, passing)
 
         solver = KinkSolver(
             solver,

@@ -25,8 +25,9 @@ def _toy(land: bool, cross: bool = False):
 
     def sides(y, args, before=None):  # passing after a step, as `LandOnKinks` judges
         z = surfaces(y, args)
-        passing = None if crosses is None or before is None else crosses(y, args, z, z)
-        return band_sides(z, BAND, passing)
+        if crosses is None or before is None:
+            return band_sides(z, BAND)
+        return band_sides(z, BAND, crosses(y, args, z, z) & (before[2] != 0))
 
     field = lambda y, args, s: jnp.where(s > 0, 3.0, jnp.where(s < 0, 1.0, 2.0))[0]
     term = dfx.ODETerm(lambda t, y, args: field(y, args, sides(y, args)))
