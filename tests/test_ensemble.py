@@ -213,7 +213,9 @@ def test_bad_ensemble_arguments():
     )
     with pytest.raises(ValueError, match="member count"):
         imf.solve_ensemble(model, data, bad)
-    with pytest.raises(ValueError, match="stall_steps must be positive, got 4, 0, 1000"):
+    with pytest.raises(
+        ValueError, match="stall_steps must be positive, got 4, 0, 1000"
+    ):
         imf.LanePool(lanes=4, refill_every=0)
     with pytest.raises(ValueError, match=r"narrow must be in \[1, lanes\], got 5"):
         imf.LanePool(lanes=4, narrow=5)

@@ -340,3 +340,44 @@ def test_sliding_flows_in_the_lane_pool_match_the_exact_filippov_limits():
         np.testing.assert_allclose(
             result.model.hidden_bias[i], e.model.hidden_bias, atol=1e-7
         )
+
+
+def test_a_sliding_entry_stays_on_its_surface_when_that_turns_repelling():
+    # W2's start 17 (`benchmarks/ensemble.py`; both layers trained): entry (10, 31)
+    # slides from t ~ 3 while v_31 falls through 0 (0.12 -> -0.04 by t = 8), which
+    # turns its surface repelling. The minimal-norm rule keeps it there; judged
+    # "passing" (the other side no longer pushes back), it left the surface
+    # and the path went 2e-3 off by t = 8 (6e-3 at the limit). The reference:
+    # no landings, in-band slopes from the QP alone, rtol 1e-12.
+    key_x, key_t, key_v = jax.random.split(jax.random.key(2026), 3)
+    x = jax.random.normal(key_x, (32, 10))
+    teacher = jax.random.normal(key_t, (4, 10)) / np.sqrt(10)
+    labels = jnp.maximum(x @ teacher.T, 0.0) @ jax.random.normal(key_v, (4,))
+    data = imf.Dataset(x, labels)
+    model = imf.TwoLayerReLU(jnp.zeros((64, 10)), jnp.zeros(64))
+    scales = (1 / np.sqrt(10), 1 / 8.0)
+    sampler = imf.Gaussian(
+        eqx.tree_at(lambda m: (m.hidden_weight, m.output_weight), model, scales)
+    )
+    inits = imf.sample_inits(sampler, jax.random.key(0), 18, model)
+    start = jax.tree.map(lambda a: a[17], inits)
+    kwargs = dict(loss=imf.MeanSquareLoss(), t1=8.0)
+    reference = imf.solve_flow(
+        start,
+        data,
+        flow=imf.FilippovFlow(land=False),
+        stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-14),
+        **kwargs,
+    )
+    assert (
+        float(start.output_weight[31]) > 0.1 > -0.03 > reference.model.output_weight[31]
+    )
+    got = imf.solve_flow(
+        start,
+        data,
+        flow=imf.FilippovFlow(),
+        stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12),
+        **kwargs,
+    )
+    for a, b in zip(jax.tree.leaves(got.model), jax.tree.leaves(reference.model)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)  # measured: 8.9e-9
