@@ -107,7 +107,7 @@ class _LandState(eqx.Module):
     inner: object
     want: Float[Array, ""]  # the controller's step size before a landing began
     landing: Bool[Array, ""]
-    passing: Bool[Array, "n m"]  # entries the next step may carry across the band
+    passing: Bool[Array, "n m"]  # entries that cross their kink with no band
 
 
 class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
