@@ -379,5 +379,7 @@ def test_a_sliding_entry_stays_on_its_surface_when_that_turns_repelling():
         stepsize_controller=dfx.PIDController(rtol=1e-10, atol=1e-12),
         **kwargs,
     )
-    for a, b in zip(jax.tree.leaves(got.model), jax.tree.leaves(reference.model)):
+    for a, b in zip(
+        jax.tree.leaves(got.model), jax.tree.leaves(reference.model), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-7)  # measured: 8.9e-9
