@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--etas", default="0.1,0.03,0.01,0.003")
     parser.add_argument("--lanes", type=int, default=64, help="the flow's LanePool")
+    parser.add_argument("--rtol", type=float, default=1e-10, help="the flow's")
+    parser.add_argument("--atol", type=float, default=1e-12, help="the flow's")
     parser.add_argument("--save", help="write the flow's and GD's limits to this .npz")
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", cpu_cores())
@@ -48,6 +50,8 @@ def main():
             imf.FilippovFlow(),
             imf.TailJump(**tail_fields(W2_TAIL)),
             retry_kinks=4,
+            rtol=args.rtol,
+            atol=args.atol,
         ),
     )
     limits = flat(flow.model)
