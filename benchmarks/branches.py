@@ -17,11 +17,14 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 from ensemble import flat, workload  # noqa: E402
 
 import implicit_flow as imf  # noqa: E402
+from implicit_flow._samplers import sample_members  # noqa: E402
 
 
 def main():
@@ -31,11 +34,13 @@ def main():
     parser.add_argument("--etas", default="0.02,0.01,0.005,0.0025")
     args = parser.parse_args()
     model, data, sampler = workload("W2")
+    params, skeleton = eqx.partition(model, eqx.is_inexact_array)
     runs = {name: np.load(name)["pool+tail_limits"] for name in args.runs.split(",")}
     etas = np.array([float(e) for e in args.etas.split(",")])
     for i in [int(s) for s in args.starts.split(",")]:
-        members = imf.sample_inits(sampler, jr.key(0), i + 1, model)
-        start = jax.tree.map(lambda a, i=i: a[i : i + 1], members)
+        start = eqx.combine(
+            sample_members(sampler, jr.key(0), jnp.array([i]), params), skeleton
+        )
         gd = imf.run_gd(
             model,
             data,

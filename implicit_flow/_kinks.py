@@ -164,8 +164,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         `passing` entry (see `band_sides`)."""
         edge = jnp.where(side != 0, side, jnp.sign(direction)) * self.band
         edge = jnp.where(passing & (side != 0), 0.0, edge)
-        slack = self.slack * self.band
-        return edge, slack, edge + jnp.sign(direction) * slack / 2
+        return edge, edge + jnp.sign(direction) * self.slack * self.band / 2
 
     def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
         keep, _, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
@@ -178,9 +177,9 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         side1 = band_sides(z1, self.band, state.passing)
         dz = z1 - z0
         # band edges this step crossed: landing aims slack/2 past them
-        edge, slack, aim = self._edge(side0, dz, state.passing)
+        edge, aim = self._edge(side0, dz, state.passing)
         crossed = side1 != side0
-        late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > slack))
+        late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > self.slack * self.band))
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
         # that parabola lands far short, so exits from deep in the band take its
         # root (a crossing passes through the band from a landing at its edge)
@@ -196,7 +195,7 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
             passing = self.crosses(y1, args, z1, velocity) & (side0 != 0)
             passing = jnp.where(accept, passing, state.passing)
         side1 = band_sides(z1, self.band, passing)
-        edge, _, aim = self._edge(side1, velocity, passing)
+        edge, aim = self._edge(side1, velocity, passing)
         ahead = jnp.where(
             (edge - z1) * velocity > 0, (aim - z1) / _nonzero(velocity), jnp.inf
         )
