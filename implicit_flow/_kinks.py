@@ -117,7 +117,10 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
     `band`, the half-width of the kinks' band (crossings are of its edges);
     `slack`, how far past a band edge (in z, as a fraction of `band`) a step may
     end and still be accepted: creeping exits from a sliding surface (the field
-    is continuous there) then do not stall the solve in ever shorter steps;
+    is continuous there) then do not stall the solve in ever shorter steps (the
+    window is widened to what z moves in four of the shortest steps that t
+    resolves, 64 eps max(1, |t|), where that is more: with a thin band, fast
+    entries overshot any step t could take);
     `crosses` (optional), (params, data, z, dz/dt) -> the (n, m) entries that
     the field on the band's other side would carry on through it ("passing",
     judged at each accepted step's end from its secant, for entries that were
@@ -158,13 +161,13 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         passing = jnp.zeros(self.surfaces(y0, args).shape, bool)
         return t1, _LandState(inner, jnp.asarray(t1 - t0), jnp.asarray(False), passing)
 
-    def _edge(self, side, direction, passing):
+    def _edge(self, side, direction, passing, window):
         """The edge an entry on `side` meets moving in `direction`, and the landing
-        aim halfway into the `slack` past it: a band edge, or z = 0 for a
+        aim halfway into the `window` past it: a band edge, or z = 0 for a
         `passing` entry (see `band_sides`)."""
         edge = jnp.where(side != 0, side, jnp.sign(direction)) * self.band
         edge = jnp.where(passing & (side != 0), 0.0, edge)
-        return edge, edge + jnp.sign(direction) * self.slack * self.band / 2
+        return edge, edge + jnp.sign(direction) * window / 2
 
     def adapt_step_size(self, t0, t1, y0, y1, args, y_error, error_order, state):
         keep, _, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
@@ -176,10 +179,15 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         side0 = band_sides(z0, self.band, state.passing)
         side1 = band_sides(z1, self.band, state.passing)
         dz = z1 - z0
-        # band edges this step crossed: landing aims slack/2 past them
-        edge, aim = self._edge(side0, dz, state.passing)
+        velocity = dz / h
+        # how far past an edge a step may end: `slack` of the band, but no less
+        # than z moves in a few of the shortest steps t can resolve (else a thin
+        # band's landings are rejected for ever at that floor)
+        window = jnp.maximum(self.slack * self.band, 4 * floor * jnp.abs(velocity))
+        # band edges this step crossed: landing aims window/2 past them
+        edge, aim = self._edge(side0, dz, state.passing, window)
         crossed = side1 != side0
-        late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > self.slack * self.band))
+        late = jnp.any(crossed & ((z1 - edge) * jnp.sign(dz) > window))
         # z leaves a sliding surface tangentially (z - z0 ~ t^2): a secant on
         # that parabola lands far short, so exits from deep in the band take its
         # root (a crossing passes through the band from a landing at its edge)
@@ -189,13 +197,12 @@ class LandOnKinks(dfx.AbstractAdaptiveStepSizeController):
         first = jnp.min(jnp.where(crossed, frac, jnp.inf))
         accept = keep & ~late
         # the next band edge ahead of the end point, along the step's secant
-        velocity = dz / h
         passing = jnp.zeros_like(state.passing)
         if self.crosses is not None:
             passing = self.crosses(y1, args, z1, velocity) & (side0 != 0)
             passing = jnp.where(accept, passing, state.passing)
         side1 = band_sides(z1, self.band, passing)
-        edge, aim = self._edge(side1, velocity, passing)
+        edge, aim = self._edge(side1, velocity, passing, window)
         ahead = jnp.where(
             (edge - z1) * velocity > 0, (aim - z1) / _nonzero(velocity), jnp.inf
         )
