@@ -27,6 +27,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._custom_types import Params
 from ._data import Dataset
+from ._kinks import KinkSolver
+from ._lanes import LaneTerm
 from ._loss import AbstractLoss, SumSquareLoss
 from ._objective import AbstractFlow, FlatLayout, GradientFlow, Objective, tree_norm
 from ._progress import progress_bar, report_progress
@@ -44,6 +46,15 @@ from ._tail import TailJump
 
 
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
+
+
+def _steps_lanes_at_once(solver: dfx.AbstractSolver) -> bool:
+    """Explicit Runge-Kutta solvers, alone or in a `KinkSolver`: their state (if
+    any) is FSAL's (first step, last stage), which `_Problem.solve_lanes` can
+    hold for all lanes at once."""
+    if isinstance(solver, KinkSolver):
+        return _steps_lanes_at_once(solver.solver)
+    return isinstance(solver, dfx.AbstractERK)
 
 
 class _Source(eqx.Module):
@@ -127,21 +138,61 @@ class _Problem(eqx.Module):
             mark=jnp.zeros_like(tnext),
         )
 
-    def step(self, lane: _Lane, stall_steps: int, stall_advance: float) -> _Lane:
-        """One solver step with step-size adaptation, as in Diffrax's own loop; a lane
-        whose t advanced by less than `stall_advance` max(1, t) over its last
-        `stall_steps` tried steps ends as stalled (see `LanePool`)."""
+    def step(self, lanes: _Lane, stall_steps: int, stall_advance: float) -> _Lane:
+        """One solver step of every lane (`solve_lanes`), then each lane's step-size
+        adaptation, as in Diffrax's own loop; a lane whose t advanced by less than
+        `stall_advance` max(1, t) over its last `stall_steps` tried steps ends as
+        stalled (see `LanePool`)."""
+        adapt = lambda lane, stepped: self._adapt(
+            lane, stepped, stall_steps, stall_advance
+        )
+        return jax.vmap(adapt)(lanes, self.solve_lanes(lanes))
+
+    def solve_lanes(self, lanes: _Lane) -> tuple:
+        """`solver.step` of every lane: each lane's end point, error estimate, solver
+        state and result. Explicit Runge-Kutta solvers (alone or in a `KinkSolver`)
+        step all lanes as one state (`LaneTerm`), the others under `vmap`."""
+        (solver, _), term = self.stepping, self.term
+        if not _steps_lanes_at_once(solver):
+
+            def one(lane):
+                y, y_error, _, state, result = solver.step(
+                    term,
+                    lane.tprev,
+                    lane.tnext,
+                    lane.y,
+                    self.data,
+                    lane.solver_state,
+                    lane.made_jump,
+                )
+                return y, y_error, state, result
+
+            return jax.vmap(one)(lanes)
+        h = lanes.tnext - lanes.tprev
+        together = LaneTerm(lambda y, data, _: term.vf(0.0, y, data), h)
+        y, y_error, _, state, result = solver.step(
+            together,
+            jnp.zeros((), h.dtype),
+            jnp.ones((), h.dtype),
+            lanes.y,
+            self.data,
+            lanes.solver_state,
+            lanes.made_jump,
+        )
+        # what the solver keeps for all lanes at once (FSAL's first-step flag, the
+        # result) goes back to each lane
+        state = jtu.tree_map(
+            lambda a, b: jnp.broadcast_to(a, jnp.shape(b)), state, lanes.solver_state
+        )
+        result = jtu.tree_map(lambda r: jnp.broadcast_to(r, h.shape), result)
+        return y, y_error, state, result
+
+    def _adapt(
+        self, lane: _Lane, stepped: tuple, stall_steps: int, stall_advance: float
+    ) -> _Lane:
         (solver, controller), term = self.stepping, self.term
         order = solver.error_order(term)
-        y, y_error, _, solver_state, solver_result = solver.step(
-            term,
-            lane.tprev,
-            lane.tnext,
-            lane.y,
-            self.data,
-            lane.solver_state,
-            lane.made_jump,
-        )
+        y, y_error, solver_state, solver_result = stepped
         y_error = jtu.tree_map(lambda e: jnp.where(jnp.isnan(e), jnp.inf, e), y_error)
         keep, tprev, tnext, made_jump, controller_state, controller_result = (
             controller.adapt_step_size(
@@ -529,7 +580,7 @@ def _pool_loop(
         lane = jax.lax.fori_loop(
             0,
             refill_every,
-            lambda _, l: jax.vmap(lambda one: problem.step(one, *stall))(l),
+            lambda _, l: problem.step(l, *stall),
             lane,
         )
         return lane, next_index, outputs

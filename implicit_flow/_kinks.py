@@ -34,12 +34,14 @@ from collections.abc import Callable
 
 import diffrax as dfx
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import Params
 from ._data import Dataset
+from ._lanes import LaneTerm
 
 
 class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
@@ -80,21 +82,36 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return _KinkState(inner, self.freeze(y0, args, None), jnp.asarray(True))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del terms
         pieces = solver_state.pieces
-        frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, pieces))
         # an FSAL stage evaluated on other pieces than this step's is stale
         made_jump = made_jump | ~solver_state.fresh
+        if isinstance(terms, LaneTerm):  # all lanes of a pool as one state
+            frozen = LaneTerm(self.field, terms.h, pieces)
+            freeze = jax.vmap(self.freeze, (0, None, 0))
+            h, fresh = terms.h, jax.vmap(_same)
+        else:
+            frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, pieces))
+            freeze, h, fresh = self.freeze, t1 - t0, _same
         y1, y_error, dense, inner, result = self.solver.step(
             frozen, t0, t1, y0, args, solver_state.inner, made_jump
         )
-        after = self.freeze(y1, args, (y0, t1 - t0, pieces))
-        same = jtu.tree_map(lambda a, b: jnp.all(a == b), after, pieces)
-        fresh = jnp.all(jnp.stack(jtu.tree_leaves(same)))
-        return y1, y_error, dense, _KinkState(inner, after, fresh), result
+        after = freeze(y1, args, (y0, h, pieces))
+        state = _KinkState(inner, after, fresh(after, pieces))
+        return y1, y_error, dense, state, result
 
     def func(self, terms, t0, y0, args):
         return self.solver.func(terms, t0, y0, args)
+
+
+def _same(a: PyTree, b: PyTree) -> Bool[Array, ""]:
+    return jnp.all(
+        jnp.stack(
+            [
+                jnp.all(x == y)
+                for x, y in zip(*map(jtu.tree_leaves, (a, b)), strict=True)
+            ]
+        )
+    )
 
 
 class _KinkState(eqx.Module):
