@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -332,3 +333,64 @@ def test_flat_layout_round_trip_keeps_shapes_dtypes_and_leaf_order():
     for key, leaf in params.items():
         assert back[key].shape == leaf.shape and back[key].dtype == leaf.dtype
         np.testing.assert_array_equal(back[key], leaf)
+
+
+@pytest.mark.parametrize("flow", [imf.GradientFlow(), imf.FilippovFlow(band=0.05)])
+def test_lanes_stepped_as_one_state_take_their_own_steps(flow):
+    # The pool steps an explicit Runge-Kutta solver on all lanes at once, each
+    # lane's step length as its control (`LaneTerm`). Each lane's end point, error
+    # estimate and solver state (FSAL stage; KinkSolver's pieces) must be those of
+    # Diffrax stepping that lane alone, with lanes of different step lengths, and
+    # (band 0.05) entries inside the band frozen on their pieces.
+    from implicit_flow._ensemble import _Problem, _steps_lanes_at_once
+    from implicit_flow._objective import FlatLayout, Objective
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 3))
+    data = imf.Dataset(x, np.maximum(x @ rng.normal(size=(3, 2)), 0.0).sum(axis=1))
+    model = imf.TwoLayerReLU(jnp.zeros((5, 3)), jnp.zeros(5))
+    params, skeleton = eqx.partition(model, eqx.is_inexact_array)
+    layout = FlatLayout(params)
+    problem = _Problem(
+        flow,
+        Objective(skeleton, imf.MeanSquareLoss(), layout),
+        data,
+        dfx.Tsit5(),
+        dfx.PIDController(rtol=1e-8, atol=1e-10),
+        jnp.asarray(1e-10),
+        jnp.asarray(jnp.inf),
+        None,
+        None,
+        100,
+    )
+    solver, _ = problem.stepping
+    assert _steps_lanes_at_once(solver)
+    inits = imf.sample_inits(imf.Gaussian(1.0), jr.key(0), 4, params)
+    lanes = jax.vmap(problem.start)(jnp.arange(4), jax.vmap(layout.ravel)(inits))
+    lanes = eqx.tree_at(lambda l: l.tnext, lanes, jnp.array([0.01, 0.03, 0.1, 0.3]))
+
+    @eqx.filter_jit
+    def alone(lanes):
+        return jax.vmap(
+            lambda l: solver.step(
+                problem.term, l.tprev, l.tnext, l.y, data, l.solver_state, l.made_jump
+            )
+        )(lanes)
+
+    together = eqx.filter_jit(problem.solve_lanes)
+    for _ in range(3):  # the first step evaluates every stage, later ones use FSAL
+        y, error, state, result = together(lanes)
+        want = alone(lanes)
+        for got, expected in zip(
+            jax.tree.leaves((y, error, state)),
+            jax.tree.leaves((want[0], want[1], want[3])),
+            strict=True,
+        ):
+            np.testing.assert_allclose(got, expected, rtol=1e-14, atol=0)
+        assert np.all(np.asarray(result._value) == 0)
+        lanes = eqx.filter_jit(problem.step)(lanes, 1000, 1e-3)
+    # three tried steps each, some accepted (FSAL), some rejected (retaken)
+    assert np.all(np.asarray(lanes.accepted + lanes.rejected) == 3)
+    assert (
+        np.asarray(lanes.accepted).max() == 3 and np.asarray(lanes.rejected).max() > 0
+    )
