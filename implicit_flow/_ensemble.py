@@ -8,7 +8,10 @@ sum_i steps_i / lanes iterations. Once nothing is pending and few lanes are busy
 those move to a pool 1/8 as wide, so stragglers do not keep the whole width
 running. The steps are Diffrax's own (`solver.step`,
 `controller.adapt_step_size`), taken exactly as `diffeqsolve` takes them, so each
-member's path is the one `solve_flow` computes alone.
+member's path is the one `solve_flow` computes alone. Explicit Runge-Kutta solvers
+step all lanes as one state (`LaneTerm`: each lane's step length is its control),
+which gives each lane its own step bit for bit and saves the transposed copies of
+the stage buffer that `vmap` of the step makes (W2: 1.09x a whole call, W1: 1.7x).
 """
 
 import abc
