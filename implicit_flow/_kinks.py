@@ -104,14 +104,9 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
 
 
 def _same(a: PyTree, b: PyTree) -> Bool[Array, ""]:
-    return jnp.all(
-        jnp.stack(
-            [
-                jnp.all(x == y)
-                for x, y in zip(*map(jtu.tree_leaves, (a, b)), strict=True)
-            ]
-        )
-    )
+    """Whether two pytrees of arrays are equal everywhere."""
+    same = jtu.tree_map(lambda x, y: jnp.all(x == y), a, b)
+    return jnp.all(jnp.stack(jtu.tree_leaves(same)))
 
 
 class _KinkState(eqx.Module):
