@@ -55,7 +55,7 @@ class FilippovFlow(AbstractFlow):
     spends ~band / |dz/dt| in it on one side's field, which cost 1.3e-7 with
     `cross=False` on a W1 start whose crossing would dip only 1e-5 deep; a band
     of 1e-11 converges on all of the first 2000 W1 starts, within 6.5e-10 of the
-    exact limits, no better than the default's 9.3e-10); `pull`, a rate $1/\\tau$ that aims a
+    exact limits, the default within 9.3e-10); `pull`, a rate $1/\\tau$ that aims a
     sliding pre-activation at $\\dot z = -z/\\tau$ instead of 0, so that integration
     errors cannot walk it out of the band (default 1; 0 turns it off); `land`
     (default True), step with `KinkSolver` and `LandOnKinks` (`integrator`), which
