@@ -51,13 +51,14 @@ from ._tail import TailJump
 _RUNNING, _IDLE, _JUMP = -1, -2, -3
 
 
-def _steps_lanes_at_once(solver: dfx.AbstractSolver) -> bool:
-    """Explicit Runge-Kutta solvers, alone or in a `KinkSolver`: their state (if
-    any) is FSAL's (first step, last stage), which `_Problem.solve_lanes` can
-    hold for all lanes at once."""
+def _steps_lanes_at_once(solver: dfx.AbstractSolver, term: dfx.AbstractTerm) -> bool:
+    """Explicit Runge-Kutta solvers, alone or in a `KinkSolver`, on an ODE term:
+    their state (if any) is FSAL's (first step, last stage), which
+    `_Problem.solve_lanes` can hold for all lanes at once, and the rescaling to
+    s in [0, 1] needs dy/dt = F(y), whose control is t1 - t0."""
     if isinstance(solver, KinkSolver):
-        return _steps_lanes_at_once(solver.solver)
-    return isinstance(solver, dfx.AbstractERK)
+        return _steps_lanes_at_once(solver.solver, term)
+    return isinstance(solver, dfx.AbstractERK) and isinstance(term, dfx.ODETerm)
 
 
 class _Source(eqx.Module):
@@ -156,8 +157,7 @@ class _Problem(eqx.Module):
         state and result. Explicit Runge-Kutta solvers (alone or in a `KinkSolver`)
         step all lanes as one state (`LaneTerm`), the others under `vmap`."""
         (solver, _), term = self.stepping, self.term
-        # the rescaling needs dy/dt = F(y): an ODE term whose control is t1 - t0
-        if not (_steps_lanes_at_once(solver) and isinstance(term, dfx.ODETerm)):
+        if not _steps_lanes_at_once(solver, term):
 
             def one(lane):
                 y, y_error, _, state, result = solver.step(

@@ -3,12 +3,11 @@
 Under `jax.vmap`, an explicit Runge-Kutta step keeps its stages in a (lanes,
 stages, size) buffer, and XLA CPU copies that buffer into (stages, lanes x size)
 for every stage's weighted sum: the largest op of a W2 pool step, ~19 % of its
-time. Stepped as one state,
-the buffer is (stages, lanes x size) to begin with. A flow's field does not
-depend on t, so each lane's step of length h_l is the step from s = 0 to 1 of
-dy/ds = h_l F(y): `LaneTerm` gives the solver that as a per-lane control
-h_l, and the lanes' stages, errors and end points are those of their own
-steps, bit for bit.
+time. Stepped as one state, the buffer is (stages, lanes x size) to begin with.
+A flow's field does not depend on t, so each lane's step of length h_l is the
+step from s = 0 to 1 of dy/ds = h_l F(y): `LaneTerm` gives the solver that as a
+per-lane control h_l, and the lanes' stages, errors and end points are those of
+their own steps, bit for bit.
 """
 
 from collections.abc import Callable

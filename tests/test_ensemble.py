@@ -364,7 +364,7 @@ def test_lanes_stepped_as_one_state_take_their_own_steps(flow):
         100,
     )
     solver, _ = problem.stepping
-    assert _steps_lanes_at_once(solver)
+    assert _steps_lanes_at_once(solver, problem.term)
     inits = imf.sample_inits(imf.Gaussian(1.0), jr.key(0), 4, params)
     lanes = jax.vmap(problem.start)(jnp.arange(4), jax.vmap(layout.ravel)(inits))
     lanes = eqx.tree_at(lambda l: l.tnext, lanes, jnp.array([0.01, 0.03, 0.1, 0.3]))
