@@ -51,7 +51,10 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     start (any pytree, e.g. `Pieces`: the sides in {-1, 0, 1} and the free
     entries), where `before` is the previous step's (start, length, pieces),
     None at t0;
-    `field`, (params, data, pieces) -> the velocity on those pieces.
+    `field`, (params, data, pieces) -> the velocity on those pieces;
+    `lanes_field` (optional), the same for all lanes of a pool at once (leading
+    lane axes; `vmap` of `field` if None), for fields that share work across
+    lanes.
 
     The pieces are computed once per step, at its end point, and kept in the
     state for the next step. A step that changed them leaves an FSAL stage taken
@@ -62,6 +65,7 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
     solver: dfx.AbstractSolver
     freeze: Callable[[Params, Dataset, tuple[Params, Array, PyTree] | None], PyTree]
     field: Callable[[Params, Dataset, PyTree], Params]
+    lanes_field: Callable[[Params, Dataset, PyTree], Params] | None = None
 
     @property
     def term_structure(self):
@@ -86,7 +90,8 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         # an FSAL stage evaluated on other pieces than this step's is stale
         made_jump = made_jump | ~solver_state.fresh
         if isinstance(terms, LaneTerm):  # all lanes of a pool as one state
-            frozen = LaneTerm(self.field, terms.h, pieces)
+            field = self.lanes_field or jax.vmap(self.field, (0, None, 0))
+            frozen = LaneTerm(field, terms.h, pieces)
             freeze = jax.vmap(self.freeze, (0, None, 0))
             h, fresh = terms.h, jax.vmap(_same)
         else:

@@ -13,15 +13,15 @@ their own steps, bit for bit.
 from collections.abc import Callable
 
 import diffrax as dfx
-import jax
 import jax.tree_util as jtu
 from jaxtyping import Array, Float, PyTree
 
 
 class LaneTerm(dfx.AbstractTerm):
-    """Final. A field `field`(y, args, extra) of one lane, evaluated on every lane
-    of a state with a leading lane axis (with that lane's slice of `extra`), and
-    controlled by each lane's step length `h`."""
+    """Final. The field `field`(y, args, extra) of all lanes of a state with a
+    leading lane axis (`extra`, e.g. each lane's pieces, has one too; `vmap` of
+    one lane's field, or a field that also works across lanes), controlled by
+    each lane's step length `h`."""
 
     field: Callable
     h: Float[Array, " lanes"]
@@ -29,7 +29,7 @@ class LaneTerm(dfx.AbstractTerm):
 
     def vf(self, t, y, args):
         del t  # the flows' fields are autonomous
-        return jax.vmap(self.field, (0, None, 0))(y, args, self.extra)
+        return self.field(y, args, self.extra)
 
     def contr(self, t0, t1, **kwargs):
         del t0, t1, kwargs

@@ -45,6 +45,7 @@ from .models import ReLUNeuron, TwoLayerReLU
 
 _FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (max_kinks = 4)
 _JOINT_ROWS = 6  # neurons per lane whose several kink slots are solved jointly
+_CHUNK_ROWS, _CHUNK_JOINT = 12, 2  # rows per lane in a chunk of `_pooled_slopes`
 
 
 class FilippovFlow(AbstractFlow):
@@ -171,6 +172,9 @@ class FilippovFlow(AbstractFlow):
             solver,
             freeze,
             lambda params, data, pieces: self.velocity(objective, params, data, pieces),
+            lambda params, data, pieces: self.lane_velocities(
+                objective, params, data, pieces
+            ),
         )
         return solver, controller
 
@@ -227,6 +231,28 @@ class FilippovFlow(AbstractFlow):
         """The minimal-norm velocity; with `pieces` (a step's start, see `KinkSolver`),
         every entry keeps the slope it had there wherever z is, and the free
         entries stay those of the start."""
+        parts = self._parts(objective, params, data, pieces)
+        joint = None if self.kink_neurons is None else _JOINT_ROWS
+        a = _min_norm_slopes(*parts.qp, parts.alpha, parts.side, joint)
+        return self._assemble(objective, params, parts, a)
+
+    @eqx.filter_jit
+    def lane_velocities(
+        self, objective: Objective, params: Params, data: Dataset, pieces: "Pieces"
+    ) -> Params:
+        """`velocity` on frozen `pieces` of every lane of a pool (leading lane axes),
+        with the box QPs of all lanes solved together over only their rows with
+        free entries (`_pooled_slopes`): on W2 a lane has ~8 such rows of its 24
+        and ~1 of its 6 joint rows. The same velocities, bit for bit."""
+        parts = jax.vmap(self._parts, (None, 0, None, 0))(
+            objective, params, data, pieces
+        )
+        joint = None if self.kink_neurons is None else _JOINT_ROWS
+        a = _pooled_slopes(*parts.qp, parts.alpha, parts.side, joint)
+        return jax.vmap(self._assemble, (None, 0, 0, 0))(objective, params, parts, a)
+
+    def _parts(self, objective, params, data, pieces) -> "_Parts":
+        """Everything of `velocity` but the box QP's slopes."""
         model = _checked(objective.model(params))
         hidden, v, x = hidden_rows(model, data.x)
         z = x @ hidden.T  # (n, m)
@@ -244,15 +270,35 @@ class FilippovFlow(AbstractFlow):
         u = rv[..., None] * pieces.inputs
         target = jnp.where(free, self.pull * zk * rv, 0.0)
         # materialized first: fused into the 27 faces, XLA CPU recomputes them (4x)
-        c, u, target, free = jax.lax.optimization_barrier((off[rows], u, target, free))
-        joint = None if self.kink_neurons is None else _JOINT_ROWS
+        qp = jax.lax.optimization_barrier((off[rows], u, target, free))
         side = jnp.where(zk > 0, 1.0, alpha)
-        a = _min_norm_slopes(c, u, target, free, alpha, side, joint)
+        return _Parts(act, r, off, rows, qp, side, alpha)
+
+    @staticmethod
+    def _assemble(objective, params, parts: "_Parts", a) -> Params:
+        """The velocity from `_parts` and the slopes `a` of the free entries."""
+        model = objective.model(params)
+        _, u, _, _ = parts.qp
         # padding rows have u = 0: adding their 0 to row 0 changes nothing
-        grad_hidden = off.at[rows].add(jnp.einsum("ck,ckp->cp", a, u))
-        grad_v = act.T @ r
+        grad_hidden = parts.off.at[parts.rows].add(jnp.einsum("ck,ckp->cp", a, u))
+        grad_v = parts.act.T @ parts.r
         leaves = _as_params(model, objective.leaves(params), -grad_hidden, -grad_v)
         return objective.like_params(leaves)
+
+
+class _Parts(eqx.Module):
+    """What `FilippovFlow.velocity` computes around its box QP: the activations
+    `act` (n, m), residuals `r` (n,), the gradient `off` (m, p) off the free
+    entries, the QP's `rows` (c,) and inputs `qp` = (c, u, target, free), the
+    slopes `side` (c, K) of each slot's side and the leaky slope `alpha`."""
+
+    act: Float[Array, "n m"]
+    r: Float[Array, " n"]
+    off: Float[Array, "m p"]
+    rows: Int[Array, " c"]
+    qp: tuple
+    side: Float[Array, "c k"]
+    alpha: float = eqx.field(static=True)
 
 
 class Pieces(eqx.Module):
@@ -337,6 +383,81 @@ def _min_norm_slopes(
     first = _joint_slopes(rest, u[:, :1], target[:, :1], free[:, :1], lo)
     a = jnp.concatenate([first, side[:, 1:]], axis=1)
     return _put_rows(a, rows, real, _joint_slopes(*gathered, lo))
+
+
+def _pooled_slopes(
+    c, u, target, free, lo: float, side, joint: int | None
+) -> Float[Array, "lanes c k"]:
+    """`_min_norm_slopes` of every lane of a pool (leading lane axes), the same
+    slopes. Each row's QP is elementwise, so the rows with free entries of all
+    lanes are gathered and solved together, in chunks of `_CHUNK_ROWS` rows per
+    lane (first slots), the lanes' joint rows (the first `joint` of each lane
+    with two or more) in chunks of `_CHUNK_JOINT` per lane, and at K = 4 the rows
+    with a fourth slot (at most `_FULL_ROWS` per lane) over their 81 faces in
+    chunks of one per 8 lanes; each in as many chunks as its count needs, so
+    rows without free entries, most of them, cost nothing. With K > 4 or
+    `joint` = None, every lane's rows are solved as in `_min_norm_slopes`."""
+    lanes, rows, k = free.shape
+    if k > 4 or k == 1 or joint is None or joint >= rows:
+        solve = lambda c, u, target, free, side: _min_norm_slopes(
+            c, u, target, free, lo, side, joint
+        )
+        return jax.vmap(solve)(c, u, target, free, side)
+    c, u, target, free, side = (
+        jnp.asarray(a).reshape(lanes * rows, *a.shape[2:])
+        for a in (c, u, target, free, side)
+    )
+    first, real = jax.vmap(lambda f: _first_true(f[:, 1], joint))(
+        free.reshape(lanes, rows, k)
+    )
+    lane = jnp.arange(lanes)[:, None] * rows
+    out = lanes * rows  # out of range: dropped
+    jointly = jnp.zeros(out, bool).at[jnp.where(real, lane + first, out)]
+    jointly = jointly.set(True, mode="drop")
+
+    # gathered inputs materialized first (see `FilippovFlow._parts`)
+    def first_slot(take):  # the other slots (up to 3) at their sides' slopes
+        fixed = jnp.where(free[take, 1:3], side[take, 1:3], 0.0)
+        rest = c[take] + jnp.einsum("ck,ckp->cp", fixed, u[take, 1:3])
+        qp = jax.lax.optimization_barrier(
+            (rest, u[take, :1], target[take, :1], free[take, :1])
+        )
+        return jnp.concatenate([_joint_slopes(*qp, lo), side[take, 1:3]], axis=1)
+
+    def three_slots(take):
+        qp = (c[take], u[take, :3], target[take, :3], free[take, :3])
+        return _joint_slopes(*jax.lax.optimization_barrier(qp), lo)
+
+    def four_slots(take):
+        g = jnp.einsum("rip,rjp->rij", u[take], u[take])
+        h = jnp.einsum("rip,rp->ri", u[take], c[take]) - target[take]
+        return _faces_along_axis(g, h, free[take], lo)
+
+    a = jnp.full((lanes * rows, min(k, 3)), lo, c.dtype)
+    a = _in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, first_slot, a)
+    a = _in_chunks(jointly, lanes * _CHUNK_JOINT, three_slots, a)
+    if k == 4:
+        a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
+        a = _in_chunks(free[:, 3], max(1, lanes // 8), four_slots, a)
+    return a.reshape(lanes, rows, k)
+
+
+def _in_chunks(mask: Bool[Array, " n"], size: int, solve, out) -> Array:
+    """`out` with its rows where `mask` replaced by `solve`(rows), `size` rows at
+    a time, in as many chunks as `mask` has true entries need."""
+    n = mask.shape[0]
+    order = jnp.full(n + size, n).at[
+        jnp.where(mask, _running_count(mask) - 1, n + size)
+    ]
+    order = order.set(jnp.arange(n), mode="drop")
+
+    def chunk(i, out):
+        take = jax.lax.dynamic_slice(order, (i * size,), (size,))
+        solved = solve(jnp.minimum(take, n - 1))
+        return out.at[take].set(solved, mode="drop")
+
+    count = jnp.sum(mask)
+    return jax.lax.fori_loop(0, (count + size - 1) // size, chunk, out)
 
 
 def _joint_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:

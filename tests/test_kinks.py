@@ -154,22 +154,47 @@ def test_min_norm_slopes_solve_the_box_qp(k, p):
         assert np.all(got[j] >= lo - 1e-12) and np.all(got[j] <= 1 + 1e-12)
 
 
-def test_only_the_first_joint_rows_solve_several_slots_together():
+@pytest.mark.parametrize("pooled, k", [(False, 3), (True, 3), (False, 4), (True, 4)])
+def test_only_the_first_joint_rows_solve_several_slots_together(pooled, k, monkeypatch):
     # rows with 2-3 real slots beyond the first `joint` solve their first slot
-    # alone, with the others at their side's slopes: quadprog on both kinds
+    # alone, with the others at their side's slopes; with k = 4, two rows of
+    # each lane have four, solved jointly: quadprog on every kind.
+    # Pooled: three lanes at once, their 36 rows with free slots gathered in
+    # chunks of 15 and their 9 joint rows in chunks of 6 (the last ones part
+    # full), the 6 rows with four slots in chunks of 1
     import quadprog
 
-    from implicit_flow._nonsmooth import _min_norm_slopes
+    import implicit_flow._nonsmooth as nonsmooth
 
+    monkeypatch.setattr(nonsmooth, "_CHUNK_ROWS", 5)
+    monkeypatch.setattr(nonsmooth, "_CHUNK_JOINT", 2)
     rng = np.random.default_rng(11)
-    m, k, p, lo, joint = 14, 3, 5, 0.1, 2
+    lanes, m, p, lo, joint = 3, 14, 5, 0.1, 3
     counts = np.array([0, 1, 3, 2, 1, 2, 3, 0, 2, 1, 3, 1, 2, 1])
-    free = np.arange(k) < counts[:, None]  # slots fill in order
-    c, u = rng.normal(size=(m, p)), rng.normal(size=(m, k, p))
+    counts = np.stack([counts, rng.permutation(counts), np.roll(counts, 3)])
+    if k == 4:  # (`FilippovFlow.kinks` allows a fourth slot on two rows)
+        for lane in counts:
+            lane[np.flatnonzero(lane == 3)[1:]] = 4
+    free = np.arange(k) < counts[..., None]  # slots fill in order
+    c, u = rng.normal(size=(lanes, m, p)), rng.normal(size=(lanes, m, k, p))
     u = np.where(free[..., None], u, 0.0)
-    target = np.where(free, 0.3 * rng.normal(size=(m, k)), 0.0)
-    side = np.where(rng.random((m, k)) < 0.5, lo, 1.0)
-    got = np.asarray(_min_norm_slopes(c, u, target, free, lo, side, joint))
+    target = np.where(free, 0.3 * rng.normal(size=(lanes, m, k)), 0.0)
+    side = np.where(rng.random((lanes, m, k)) < 0.5, lo, 1.0)
+    if pooled:
+        got = nonsmooth._pooled_slopes(c, u, target, free, lo, side, joint)
+    else:
+        lanes, c, u, target, free, side = (
+            1,
+            c[:1],
+            u[:1],
+            target[:1],
+            free[:1],
+            side[:1],
+        )
+        got = nonsmooth._min_norm_slopes(
+            c[0], u[0], target[0], free[0], lo, side[0], joint
+        )
+    got = np.asarray(got).reshape(lanes, m, k)
 
     def box_qp(c, u, target):
         g = u @ u.T + 1e-12 * np.eye(len(u))
@@ -177,15 +202,23 @@ def test_only_the_first_joint_rows_solve_several_slots_together():
         limits = np.r_[np.full(len(u), lo), -np.ones(len(u))]
         return quadprog.solve_qp(g, target - u @ c, bounds, limits)[0]
 
-    for j in np.flatnonzero(counts > 0):
-        real = free[j]
-        if j in (2, 3):  # the first two rows with several slots: jointly
-            expected = box_qp(c[j], u[j][real], target[j][real])
-        else:
-            rest = c[j] + side[j, 1:][real[1:]] @ u[j, 1:][real[1:]]
-            first = box_qp(rest, u[j, :1], target[j, :1])
-            expected = np.r_[first, side[j, 1:][real[1:]]]
-        np.testing.assert_allclose(got[j][real], expected, atol=1e-7)
+    for lane in range(lanes):
+        several = np.flatnonzero(counts[lane] > 1)[:joint]
+        for j in np.flatnonzero(counts[lane] > 0):
+            real = free[lane, j]
+            c_, u_, target_, side_ = (
+                c[lane, j],
+                u[lane, j],
+                target[lane, j],
+                side[lane, j],
+            )
+            if j in several or counts[lane, j] == 4:  # jointly
+                expected = box_qp(c_, u_[real], target_[real])
+            else:
+                rest = c_ + side_[1:][real[1:]] @ u_[1:][real[1:]]
+                first = box_qp(rest, u_[:1], target_[:1])
+                expected = np.r_[first, side_[1:][real[1:]]]
+            np.testing.assert_allclose(got[lane, j][real], expected, atol=1e-7)
 
 
 def test_kink_slots_go_to_the_first_kink_neurons_only():
