@@ -194,6 +194,9 @@ def main():
     )
     parser.add_argument("--filippov", action="store_true", help="FilippovFlow (W2)")
     parser.add_argument(
+        "--max-kinks", type=int, default=3, help="FilippovFlow(max_kinks=...)"
+    )
+    parser.add_argument(
         "--no-warmup",
         dest="warmup",
         action="store_false",
@@ -254,7 +257,10 @@ def main():
     }
     flows = {True: imf.GradientFlow(), False: imf.GradientFlow()}
     if args.filippov:  # "-noland": the same without KinkSolver / LandOnKinks
-        flows = {True: imf.FilippovFlow(), False: imf.FilippovFlow(land=False)}
+        flows = {
+            land: imf.FilippovFlow(land=land, max_kinks=args.max_kinks)
+            for land in (True, False)
+        }
     rows, results = [], {}
     for name in args.engines.split(","):
         base = name.removesuffix("-noland")

@@ -353,8 +353,9 @@ def _min_norm_slopes(
     and 28 had at most 1 and 3 such rows at once; with `joint` = 6 the QP of 64
     lanes x 24 rows costs 0.33 ms instead of 0.54 ms). At K = 4
     at most `_FULL_ROWS` rows may have a real fourth slot (`kinks` sees to it):
-    those few are gathered and solved over all 81 faces along a face axis, the
-    rest as at K = 3. (81 faces for every neuron cost 5.7x the whole step of K = 3.)
+    those few are solved one at a time over all 81 faces along a face axis (none,
+    no cost), the rest as at K = 3. (81 faces for every neuron cost 5.7x the
+    whole step of K = 3.)
     """
     k = u.shape[1]
     if k > 4:
@@ -364,11 +365,8 @@ def _min_norm_slopes(
         side = None if side is None else side[:, :3]
         a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo, side, joint)
         a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
-        rows, real = _first_true(free[:, 3], _FULL_ROWS)
-        ur = u[rows]
-        g = jnp.einsum("rip,rjp->rij", ur, ur)
-        h = jnp.einsum("rip,rp->ri", ur, c[rows]) - target[rows]
-        return _put_rows(a, rows, real, _faces_along_axis(g, h, free[rows], lo))
+        four = lambda take: _four_slots(c, u, target, free, lo, take)
+        return _in_chunks(free[:, 3], 1, four, a)
     if joint is None or joint >= c.shape[0] or k == 1:
         return _joint_slopes(c, u, target, free, lo)
     fixed = jnp.where(free[:, 1:], side[:, 1:], 0.0)
@@ -428,18 +426,22 @@ def _pooled_slopes(
         qp = (c[take], u[take, :3], target[take, :3], free[take, :3])
         return _joint_slopes(*jax.lax.optimization_barrier(qp), lo)
 
-    def four_slots(take):
-        g = jnp.einsum("rip,rjp->rij", u[take], u[take])
-        h = jnp.einsum("rip,rp->ri", u[take], c[take]) - target[take]
-        return _faces_along_axis(g, h, free[take], lo)
-
     a = jnp.full((lanes * rows, min(k, 3)), lo, c.dtype)
     a = _in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, first_slot, a)
     a = _in_chunks(jointly, lanes * _CHUNK_JOINT, three_slots, a)
     if k == 4:
         a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
-        a = _in_chunks(free[:, 3], max(1, lanes // 8), four_slots, a)
+        four = lambda take: _four_slots(c, u, target, free, lo, take)
+        a = _in_chunks(free[:, 3], max(1, lanes // 8), four, a)
     return a.reshape(lanes, rows, k)
+
+
+def _four_slots(c, u, target, free, lo: float, take) -> Float[Array, "r 4"]:
+    """The box QP of the rows `take` over all their 81 faces (K = 4)."""
+    c, u, target, free = (jnp.asarray(a)[take] for a in (c, u, target, free))
+    g = jnp.einsum("rip,rjp->rij", u, u)
+    h = jnp.einsum("rip,rp->ri", u, c) - target
+    return _faces_along_axis(g, h, free, lo)
 
 
 def _in_chunks(mask: Bool[Array, " n"], size: int, solve, out) -> Array:
