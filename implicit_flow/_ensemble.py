@@ -676,7 +676,8 @@ def solve_ensemble(
         retry: a flow for a second pass over the members that ended at
             `max_steps` or stalled, from their starts, with everything else the same; e.g.
             `FilippovFlow(max_kinks=4, kink_neurons=None)` after `FilippovFlow()`
-            (on W2, the 1.6 % of starts where a neuron meets 4 kinks at once).
+            (on W2, the 1.6 % of starts where a neuron meets 4 kinks at once;
+            `FilippovFlow(max_kinks=4)` in a `LanePool` solves them in one pass).
             Their results are those of the second pass, with the work of both
             passes in the counts.
         retry_engine: the engine of that second pass (default: `engine`); e.g. a

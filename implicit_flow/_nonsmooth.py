@@ -18,7 +18,8 @@ $u_{jk} = r_k v_j [x_k; 1]$ over the K entries with $|z_{kj}|$ below `band` and 
 gradient from all other entries. The box QP is solved exactly by enumerating its
 $3^K$ faces (each slope at $\\alpha$, at 1, or free), K at most `max_kinks` per neuron
 (default 3: on W2, flows that met 3 at once stalled when only 2 were allowed, and
-1.6 % of them meet 4, which `solve_ensemble(retry=FilippovFlow(max_kinks=4,
+1.6 % of them meet 4, which `FilippovFlow(max_kinks=4)` solves in a `LanePool` at
+~4 % more per step, or `solve_ensemble(retry=FilippovFlow(max_kinks=4,
 kink_neurons=None))` solves again; beyond the first `max_kinks` in the band,
 entries keep the slope of their sign). Above K = 4 the faces are too many, and a
 primal active-set method solves the QP instead, exactly, for the rarer flows with
@@ -64,7 +65,9 @@ class FilippovFlow(AbstractFlow):
     ~1e-10 there (on W2: half the steps, a third of the evaluations per step);
     `max_kinks` (default 3), how many pre-activations of one neuron may sit
     on their kinks at once (the box QP has $3^K$ faces; 4 allows a fourth on two
-    neurons at a time, and a W2 step then costs ~1.3x that of 3; above 4 every
+    neurons at a time: in a `LanePool`, where the lanes' QPs are solved
+    together (`lane_velocities`), a W2 step then costs ~4 % more than with 3,
+    and all 1024 W2 starts converge in one pass; alone, ~1.15x; above 4 every
     gathered neuron goes through an active-set method, for flows that need it,
     e.g. as a `retry`); `kink_neurons`
     (default 24, None for all), how many neurons per evaluation may have
@@ -243,7 +246,8 @@ class FilippovFlow(AbstractFlow):
         """`velocity` on frozen `pieces` of every lane of a pool (leading lane axes),
         with the box QPs of all lanes solved together over only their rows with
         free entries (`_pooled_slopes`): on W2 a lane has ~8 such rows of its 24
-        and ~1 of its 6 joint rows. The same velocities, bit for bit."""
+        and ~1 of its 6 joint rows. The same slopes, bit for bit (the velocities
+        can differ from `vmap` of `velocity` by rounding, ~1e-17)."""
         parts = jax.vmap(self._parts, (None, 0, None, 0))(
             objective, params, data, pieces
         )
