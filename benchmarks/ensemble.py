@@ -188,6 +188,9 @@ def main():
     parser.add_argument("--lanes", type=int, default=256)
     parser.add_argument("--refill-every", type=int, default=16)
     parser.add_argument(
+        "--narrow", type=int, default=None, help="LanePool(narrow=...); --lanes: none"
+    )
+    parser.add_argument(
         "--engines",
         default="pool+tail,pool,vmap",
         help="comma-separated; a '-noland' suffix steps FilippovFlow without landing",
@@ -249,7 +252,9 @@ def main():
         f"{args.workload}: n_init={args.num} Tsit5 rtol={args.rtol} atol={args.atol} "
         f"gtol={args.gtol} float64 backend={jax.default_backend()} devices={jax.device_count()}"
     )
-    pool = imf.LanePool(lanes=args.lanes, refill_every=args.refill_every)
+    pool = imf.LanePool(
+        lanes=args.lanes, refill_every=args.refill_every, narrow=args.narrow
+    )
     engines = {
         "pool+tail": (pool, imf.TailJump(**tail_fields(args.tail))),
         "pool": (pool, None),
