@@ -397,25 +397,29 @@ def _pooled_slopes(
     with two or more) in chunks of `_CHUNK_JOINT` per lane, and at K = 4 the rows
     with a fourth slot (at most `_FULL_ROWS` per lane) over their 81 faces in
     chunks of one per 8 lanes; each in as many chunks as its count needs, so
-    rows without free entries, most of them, cost nothing. With K > 4 or
-    `joint` = None, every lane's rows are solved as in `_min_norm_slopes`."""
+    rows without free entries, most of them, cost nothing. With `joint` = None
+    every row with free slots past the first is a joint row; with K > 4 every
+    lane's rows are solved as in `_min_norm_slopes`."""
     lanes, rows, k = free.shape
-    if k > 4 or k == 1 or joint is None or joint >= rows:
+    if k > 4:
         solve = lambda c, u, target, free, side: _min_norm_slopes(
             c, u, target, free, lo, side, joint
         )
         return jax.vmap(solve)(c, u, target, free, side)
+    if k == 1:
+        jointly = jnp.zeros(lanes * rows, bool)
+    elif joint is None or joint >= rows:  # every row with free slots past the first
+        jointly = jnp.any(jnp.asarray(free)[..., 1:], axis=-1).reshape(-1)
+    else:
+        first, real = jax.vmap(lambda f: _first_true(f[:, 1], joint))(free)
+        lane = jnp.arange(lanes)[:, None] * rows
+        out = lanes * rows  # out of range: dropped
+        jointly = jnp.zeros(out, bool).at[jnp.where(real, lane + first, out)]
+        jointly = jointly.set(True, mode="drop")
     c, u, target, free, side = (
         jnp.asarray(a).reshape(lanes * rows, *a.shape[2:])
         for a in (c, u, target, free, side)
     )
-    first, real = jax.vmap(lambda f: _first_true(f[:, 1], joint))(
-        free.reshape(lanes, rows, k)
-    )
-    lane = jnp.arange(lanes)[:, None] * rows
-    out = lanes * rows  # out of range: dropped
-    jointly = jnp.zeros(out, bool).at[jnp.where(real, lane + first, out)]
-    jointly = jointly.set(True, mode="drop")
 
     # gathered inputs materialized first (see `FilippovFlow._parts`)
     def first_slot(take):  # the other slots (up to 3) at their sides' slopes

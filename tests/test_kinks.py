@@ -114,12 +114,14 @@ def test_landing_keeps_the_exact_filippov_limit_with_fewer_rejections(y3):
 @pytest.mark.parametrize(
     "k, p", [(1, 6), (2, 6), (3, 6), (4, 6), (6, 10), (8, 10), (8, 6)]
 )
-def test_min_norm_slopes_solve_the_box_qp(k, p):
+@pytest.mark.parametrize("pooled", [False, True])
+def test_min_norm_slopes_solve_the_box_qp(k, p, pooled):
     # the closed-form face enumeration (k <= 4) and the active-set method (k > 4)
-    # against quadprog (L-BFGS-B where k > p: the slots' inputs are dependent)
+    # against quadprog (L-BFGS-B where k > p: the slots' inputs are dependent);
+    # pooled: the rows as 4 lanes of 10, every row with free slots jointly
     import quadprog
 
-    from implicit_flow._nonsmooth import _min_norm_slopes
+    from implicit_flow._nonsmooth import _min_norm_slopes, _pooled_slopes
 
     rng = np.random.default_rng(k + p)
     m, lo = 40, 0.1
@@ -131,7 +133,13 @@ def test_min_norm_slopes_solve_the_box_qp(k, p):
         free[5] = free[17] = True
     u = np.where(free[..., None], u, 0.0)
     target = np.where(free, target, 0.0)
-    got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
+    if pooled:
+        lanes = lambda a: a.reshape(4, m // 4, *a.shape[1:])
+        side = np.full((m, k), lo)
+        got = _pooled_slopes(*map(lanes, (c, u, target, free)), lo, lanes(side), None)
+        got = np.asarray(got).reshape(m, k)
+    else:
+        got = np.asarray(_min_norm_slopes(c, u, target, free, lo))
     for j in range(m):
         g = u[j] @ u[j].T + 1e-12 * np.eye(k)
         h = u[j] @ c[j] - target[j]

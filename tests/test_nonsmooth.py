@@ -220,20 +220,26 @@ def test_fixed_output_nets_that_slide_match_the_exact_filippov_limit():
     assert checked >= 3
 
 
-def test_five_entries_of_one_neuron_slide_at_once_with_more_kink_slots():
-    # a fixed-output net whose exact flow slides on a face with five entries of one
-    # neuron: 3 (the default) or 4 slots stall there; 6 go through the active-set
-    # QP and reach the exact limit
-    rng = np.random.default_rng(927326485)
+def _fixed_output_net(seed, kinks):
+    """A random fixed-output net (2 neurons, 11 points in 7-d, a teacher's labels)
+    whose exact flow converges, sliding on faces with at most `kinks` entries of
+    one neuron: (model, data, exact flow)."""
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(11, 7))
     teacher_w, teacher_v = rng.normal(size=(2, 7)) / np.sqrt(7), rng.normal(size=2)
     y = np.maximum(x @ teacher_w.T, 0.0) @ teacher_v
     v, w0 = rng.normal(size=2) / np.sqrt(2), rng.normal(size=(2, 7)) / np.sqrt(7)
     exact = piecewise_affine_flow(x, y, v, w0, bias=False)
     assert exact.status == "converged"
-    assert max(face.sum(axis=0).max() for face in exact.faces) == 5
-    model = imf.TwoLayerReLU(w0, v, train_output=False)
-    data = imf.Dataset(x, y)
+    assert max(face.sum(axis=0).max() for face in exact.faces) == kinks
+    return imf.TwoLayerReLU(w0, v, train_output=False), imf.Dataset(x, y), exact
+
+
+def test_five_entries_of_one_neuron_slide_at_once_with_more_kink_slots():
+    # a fixed-output net whose exact flow slides on a face with five entries of one
+    # neuron: 3 (the default) or 4 slots stall there; 6 go through the active-set
+    # QP and reach the exact limit
+    model, data, exact = _fixed_output_net(927326485, 5)
     for kinks in (3, 4):
         flow = imf.FilippovFlow(max_kinks=kinks, kink_neurons=None)
         result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
@@ -243,6 +249,31 @@ def test_five_entries_of_one_neuron_slide_at_once_with_more_kink_slots():
     assert result.status == imf.Status.converged
     np.testing.assert_allclose(result.model.hidden_weight, exact.hidden, atol=1e-7)
     assert float(result.loss) == pytest.approx(exact.loss, rel=1e-10)
+
+
+def test_four_entries_of_one_neuron_slide_in_the_lane_pool_with_four_kink_slots():
+    # in a pool the lanes' box QPs are solved together, a fourth slot's 81 faces
+    # only where one exists. Member 0's exact flow slides on a face with four
+    # entries of one neuron, where 3 slots stall; member 1, another start on the
+    # same data, converges either way. With max_kinks=4 both reach their exact limits
+    model, data, exact = _fixed_output_net(32, 4)
+    v = model.output_weight
+    w1 = np.random.default_rng(1).normal(size=(2, 7)) / np.sqrt(7)
+    other = piecewise_affine_flow(data.x, data.y, v, w1, bias=False)
+    assert other.status == "converged"
+    inits = jax.vmap(lambda w: imf.TwoLayerReLU(w, v, train_output=False))(
+        jnp.stack([model.hidden_weight, w1])
+    )
+    kwargs = dict(engine=imf.LanePool(lanes=2), max_steps=3000)
+    three = imf.solve_ensemble(model, data, inits, flow=imf.FilippovFlow(), **kwargs)
+    assert imf.status_names(three.status).tolist() == ["stalled", "converged"]
+    four = imf.solve_ensemble(
+        model, data, inits, flow=imf.FilippovFlow(max_kinks=4), **kwargs
+    )
+    assert np.all(np.asarray(four.status == imf.Status.converged))
+    for i, flow in enumerate([exact, other]):
+        np.testing.assert_allclose(four.model.hidden_weight[i], flow.hidden, atol=1e-7)
+        assert float(four.loss[i]) == pytest.approx(flow.loss, rel=1e-10)
 
 
 def test_tail_jump_holds_sliding_entries_at_a_nonzero_loss_limit():
