@@ -47,6 +47,9 @@ from .models import ReLUNeuron, TwoLayerReLU
 _FULL_ROWS = 2  # neurons per lane whose fourth kink slot is solved (max_kinks = 4)
 _JOINT_ROWS = 6  # neurons per lane whose several kink slots are solved jointly
 _CHUNK_ROWS, _CHUNK_JOINT = 12, 2  # rows per lane in a chunk of `_pooled_slopes`
+# below this many QP rows a lane, gathering them costs more than the rows it skips
+# (W1, one row a lane, pooled: 2.1x the pool's time)
+_POOLED_ROWS = 8
 
 
 class FilippovFlow(AbstractFlow):
@@ -398,10 +401,11 @@ def _pooled_slopes(
     with a fourth slot (at most `_FULL_ROWS` per lane) over their 81 faces in
     chunks of one per 8 lanes; each in as many chunks as its count needs, so
     rows without free entries, most of them, cost nothing. With `joint` = None
-    every row with free slots past the first is a joint row; with K > 4 every
-    lane's rows are solved as in `_min_norm_slopes`."""
+    every row with free slots past the first is a joint row. With K > 4, or
+    fewer than `_POOLED_ROWS` rows a lane, every lane's rows are solved as in
+    `_min_norm_slopes`."""
     lanes, rows, k = free.shape
-    if k > 4:
+    if k > 4 or rows < _POOLED_ROWS:
         solve = lambda c, u, target, free, side: _min_norm_slopes(
             c, u, target, free, lo, side, joint
         )

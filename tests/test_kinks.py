@@ -133,7 +133,7 @@ def test_min_norm_slopes_solve_the_box_qp(k, p, pooled):
         free[5] = free[17] = True
     u = np.where(free[..., None], u, 0.0)
     target = np.where(free, target, 0.0)
-    if pooled:
+    if pooled:  # (10 rows a lane: pooled, not per lane)
         lanes = lambda a: a.reshape(4, m // 4, *a.shape[1:])
         side = np.full((m, k), lo)
         got = _pooled_slopes(*map(lanes, (c, u, target, free)), lo, lanes(side), None)
