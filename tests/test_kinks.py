@@ -112,9 +112,10 @@ def test_landing_keeps_the_exact_filippov_limit_with_fewer_rejections(y3):
 
 
 @pytest.mark.parametrize(
-    "k, p", [(1, 6), (2, 6), (3, 6), (4, 6), (6, 10), (8, 10), (8, 6)]
+    "k, p, pooled",
+    [(k, 6, pooled) for k in (1, 2, 3, 4) for pooled in (False, True)]
+    + [(6, 10, False), (8, 10, False), (8, 6, False)],  # (pooled: as per lane)
 )
-@pytest.mark.parametrize("pooled", [False, True])
 def test_min_norm_slopes_solve_the_box_qp(k, p, pooled):
     # the closed-form face enumeration (k <= 4) and the active-set method (k > 4)
     # against quadprog (L-BFGS-B where k > p: the slots' inputs are dependent);
