@@ -35,6 +35,12 @@ def main():
     parser.add_argument("--lanes", type=int, default=64, help="the flow's LanePool")
     parser.add_argument("--rtol", type=float, default=1e-10, help="the flow's")
     parser.add_argument("--atol", type=float, default=1e-12, help="the flow's")
+    parser.add_argument(
+        "--max-kinks",
+        type=int,
+        default=3,
+        help="the flow's FilippovFlow(max_kinks=...)",
+    )
     parser.add_argument("--save", help="write the flow's and GD's limits to this .npz")
     args = parser.parse_args()
     jax.config.update("jax_num_cpu_devices", cpu_cores())
@@ -47,7 +53,7 @@ def main():
         **ensemble_kwargs(
             args.num,
             imf.LanePool(lanes=args.lanes),
-            imf.FilippovFlow(),
+            imf.FilippovFlow(max_kinks=args.max_kinks),
             imf.TailJump(**tail_fields(W2_TAIL)),
             retry_kinks=4,
             rtol=args.rtol,
