@@ -173,8 +173,8 @@ class _Problem(eqx.Module):
 
             return jax.vmap(one)(lanes)
         h = lanes.tnext - lanes.tprev
-        field = jax.vmap(lambda y, data: term.vf(0.0, y, data), (0, None))
-        together = LaneTerm(lambda y, data, _: field(y, data), h)
+        field = jax.vmap(lambda y, data, _: term.vf(0.0, y, data), (0, None, None))
+        together = LaneTerm(field, h)
         y, y_error, _, state, result = solver.step(
             together,
             jnp.zeros((), h.dtype),

@@ -238,8 +238,7 @@ class FilippovFlow(AbstractFlow):
         every entry keeps the slope it had there wherever z is, and the free
         entries stay those of the start."""
         parts = self._parts(objective, params, data, pieces)
-        joint = None if self.kink_neurons is None else _JOINT_ROWS
-        a = _min_norm_slopes(*parts.qp, parts.alpha, parts.side, joint)
+        a = _min_norm_slopes(*parts.qp, parts.alpha, parts.side, self._joint_rows)
         return self._assemble(objective, params, parts, a)
 
     @eqx.filter_jit
@@ -254,9 +253,14 @@ class FilippovFlow(AbstractFlow):
         parts = jax.vmap(self._parts, (None, 0, None, 0))(
             objective, params, data, pieces
         )
-        joint = None if self.kink_neurons is None else _JOINT_ROWS
-        a = _pooled_slopes(*parts.qp, parts.alpha, parts.side, joint)
+        a = _pooled_slopes(*parts.qp, parts.alpha, parts.side, self._joint_rows)
         return jax.vmap(self._assemble, (None, 0, 0, 0))(objective, params, parts, a)
+
+    @property
+    def _joint_rows(self) -> int | None:
+        """Rows per evaluation whose several kink slots are solved jointly (None:
+        all; see `_min_norm_slopes`)."""
+        return None if self.kink_neurons is None else _JOINT_ROWS
 
     def _parts(self, objective, params, data, pieces) -> "_Parts":
         """Everything of `velocity` but the box QP's slopes."""
@@ -376,18 +380,25 @@ def _min_norm_slopes(
         return _in_chunks(free[:, 3], 1, four, a)
     if joint is None or joint >= c.shape[0] or k == 1:
         return _joint_slopes(c, u, target, free, lo)
-    fixed = jnp.where(free[:, 1:], side[:, 1:], 0.0)
     rows, real = _first_true(free[:, 1], joint)
-    # materialized first (see `FilippovFlow.velocity`)
-    rest, gathered = jax.lax.optimization_barrier(
-        (
-            c + jnp.einsum("ck,ckp->cp", fixed, u[:, 1:]),
-            (c[rows], u[rows], target[rows], free[rows]),
-        )
-    )
-    first = _joint_slopes(rest, u[:, :1], target[:, :1], free[:, :1], lo)
-    a = jnp.concatenate([first, side[:, 1:]], axis=1)
-    return _put_rows(a, rows, real, _joint_slopes(*gathered, lo))
+    a = _first_slots(c, u, target, free, side, lo)
+    return _put_rows(a, rows, real, _rows_jointly(c, u, target, free, lo, rows))
+
+
+def _first_slots(c, u, target, free, side, lo: float) -> Float[Array, "m k"]:
+    """Each row's first slot solved alone (3 faces), its other slots held at
+    their `side` slopes, as entries beyond `max_kinks`."""
+    fixed = jnp.where(free[:, 1:], side[:, 1:], 0.0)
+    rest = c + jnp.einsum("ck,ckp->cp", fixed, u[:, 1:])
+    # materialized first (see `FilippovFlow._parts`)
+    qp = jax.lax.optimization_barrier((rest, u[:, :1], target[:, :1], free[:, :1]))
+    return jnp.concatenate([_joint_slopes(*qp, lo), side[:, 1:]], axis=1)
+
+
+def _rows_jointly(c, u, target, free, lo: float, take) -> Float[Array, "r k"]:
+    """The rows `take` over all the faces of their slots (K <= 3)."""
+    qp = jax.lax.optimization_barrier((c[take], u[take], target[take], free[take]))
+    return _joint_slopes(*qp, lo)
 
 
 def _pooled_slopes(
@@ -425,22 +436,14 @@ def _pooled_slopes(
         for a in (c, u, target, free, side)
     )
 
-    # gathered inputs materialized first (see `FilippovFlow._parts`)
-    def first_slot(take):  # the other slots (up to 3) at their sides' slopes
-        fixed = jnp.where(free[take, 1:3], side[take, 1:3], 0.0)
-        rest = c[take] + jnp.einsum("ck,ckp->cp", fixed, u[take, 1:3])
-        qp = jax.lax.optimization_barrier(
-            (rest, u[take, :1], target[take, :1], free[take, :1])
-        )
-        return jnp.concatenate([_joint_slopes(*qp, lo), side[take, 1:3]], axis=1)
-
-    def three_slots(take):
-        qp = (c[take], u[take, :3], target[take, :3], free[take, :3])
-        return _joint_slopes(*jax.lax.optimization_barrier(qp), lo)
-
-    a = jnp.full((lanes * rows, min(k, 3)), lo, c.dtype)
-    a = _in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, first_slot, a)
-    a = _in_chunks(jointly, lanes * _CHUNK_JOINT, three_slots, a)
+    u3, target3, free3, side3 = (a[:, :3] for a in (u, target, free, side))
+    alone = lambda take: _first_slots(
+        c[take], u3[take], target3[take], free3[take], side3[take], lo
+    )
+    together = lambda take: _rows_jointly(c, u3, target3, free3, lo, take)
+    a = jnp.full((lanes * rows, min(k, 3)), lo, c.dtype)  # (a fourth slot below)
+    a = _in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, alone, a)
+    a = _in_chunks(jointly, lanes * _CHUNK_JOINT, together, a)
     if k == 4:
         a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
         four = lambda take: _four_slots(c, u, target, free, lo, take)
