@@ -41,7 +41,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._custom_types import Params
 from ._data import Dataset
-from ._lanes import LaneTerm
+from ._lanes import fsal, LaneTerm, refresh_first_stages, refreshes
 
 
 class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
@@ -82,23 +82,32 @@ class KinkSolver(dfx.AbstractAdaptiveSolver, dfx.AbstractWrappedSolver):
         return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
-        inner = self.solver.init(terms, t0, t1, y0, args)
+        if fsal(self.solver):  # (first_step, f1): a first step evaluates f1 anew,
+            # so Diffrax's evaluation here would only add a copy of the field to
+            # compile (in a pool, one in each of its loops)
+            inner = (jnp.asarray(True), jtu.tree_map(jnp.zeros_like, y0))
+        else:
+            inner = self.solver.init(terms, t0, t1, y0, args)
         return _KinkState(inner, self.freeze(y0, args, None), jnp.asarray(True))
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         pieces = solver_state.pieces
         # an FSAL stage evaluated on other pieces than this step's is stale
         made_jump = made_jump | ~solver_state.fresh
+        inner = solver_state.inner
         if isinstance(terms, LaneTerm):  # all lanes of a pool as one state
             field = self.lanes_field or jax.vmap(self.field, (0, None, 0))
             frozen = LaneTerm(field, terms.h, pieces)
             freeze = jax.vmap(self.freeze, (0, None, 0))
             h, fresh = terms.h, jax.vmap(_same)
+            if refreshes(self.solver, terms.h.shape[0]):  # stale first stages only
+                inner = refresh_first_stages(frozen, y0, args, inner, made_jump)
+                made_jump = jnp.zeros_like(made_jump)
         else:
             frozen = dfx.ODETerm(lambda t, y, data: self.field(y, data, pieces))
             freeze, h, fresh = self.freeze, t1 - t0, _same
         y1, y_error, dense, inner, result = self.solver.step(
-            frozen, t0, t1, y0, args, solver_state.inner, made_jump
+            frozen, t0, t1, y0, args, inner, made_jump
         )
         after = freeze(y1, args, (y0, h, pieces))
         state = _KinkState(inner, after, fresh(after, pieces))

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ._chunks import in_chunks, running_count
 from ._custom_types import Params
 from ._data import Dataset
 from ._kinks import band_sides, KinkSolver, LandOnKinks
@@ -220,7 +221,7 @@ class FilippovFlow(AbstractFlow):
         near, real = _first_true(free.T[rows], self.max_kinks)
         real = real & some[:, None]
         if self.max_kinks == 4:  # a fourth slot on the first `_FULL_ROWS` rows only
-            fourth = real[:, 3] & (_running_count(real[:, 3]) <= _FULL_ROWS)
+            fourth = real[:, 3] & (running_count(real[:, 3]) <= _FULL_ROWS)
             real = real.at[:, 3].set(fourth)
         return rows, near, real
 
@@ -377,7 +378,7 @@ def _min_norm_slopes(
         a = _min_norm_slopes(c, u[:, :3], target[:, :3], free[:, :3], lo, side, joint)
         a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
         four = lambda take: _four_slots(c, u, target, free, lo, take)
-        return _in_chunks(free[:, 3], 1, four, a)
+        return in_chunks(free[:, 3], 1, four, a)
     if joint is None or joint >= c.shape[0] or k == 1:
         return _joint_slopes(c, u, target, free, lo)
     rows, real = _first_true(free[:, 1], joint)
@@ -442,12 +443,12 @@ def _pooled_slopes(
     )
     together = lambda take: _rows_jointly(c, u3, target3, free3, lo, take)
     a = jnp.full((lanes * rows, min(k, 3)), lo, c.dtype)  # (a fourth slot below)
-    a = _in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, alone, a)
-    a = _in_chunks(jointly, lanes * _CHUNK_JOINT, together, a)
+    a = in_chunks(jnp.any(free, axis=1), lanes * _CHUNK_ROWS, alone, a)
+    a = in_chunks(jointly, lanes * _CHUNK_JOINT, together, a)
     if k == 4:
         a = jnp.concatenate([a, jnp.full_like(a[:, :1], lo)], axis=1)
         four = lambda take: _four_slots(c, u, target, free, lo, take)
-        a = _in_chunks(free[:, 3], max(1, lanes // 8), four, a)
+        a = in_chunks(free[:, 3], max(1, lanes // 8), four, a)
     return a.reshape(lanes, rows, k)
 
 
@@ -457,24 +458,6 @@ def _four_slots(c, u, target, free, lo: float, take) -> Float[Array, "r 4"]:
     g = jnp.einsum("rip,rjp->rij", u, u)
     h = jnp.einsum("rip,rp->ri", u, c) - target
     return _faces_along_axis(g, h, free, lo)
-
-
-def _in_chunks(mask: Bool[Array, " n"], size: int, solve, out) -> Array:
-    """`out` with its rows where `mask` replaced by `solve`(rows), `size` rows at
-    a time, in as many chunks as `mask` has true entries need."""
-    n = mask.shape[0]
-    order = jnp.full(n + size, n).at[
-        jnp.where(mask, _running_count(mask) - 1, n + size)
-    ]
-    order = order.set(jnp.arange(n), mode="drop")
-
-    def chunk(i, out):
-        take = jax.lax.dynamic_slice(order, (i * size,), (size,))
-        solved = solve(jnp.minimum(take, n - 1))
-        return out.at[take].set(solved, mode="drop")
-
-    count = jnp.sum(mask)
-    return jax.lax.fori_loop(0, (count + size - 1) // size, chunk, out)
 
 
 def _joint_slopes(c, u, target, free, lo: float) -> Float[Array, "m k"]:
@@ -497,19 +480,13 @@ def _first_true(
     """Indices of the first `count` true entries along the last axis (0 where there
     are fewer), and which are real. By a running count and masked sums: argmin /
     top_k selections cost ~10x a whole gradient on XLA CPU for W2's shapes."""
-    running = _running_count(mask)
+    running = running_count(mask)
     index = jnp.arange(mask.shape[-1])
     first = [
         jnp.sum(jnp.where(mask & (running == k + 1), index, 0), axis=-1)
         for k in range(count)
     ]
     return jnp.stack(first, axis=-1), running[..., -1:] > jnp.arange(count)
-
-
-def _running_count(mask: Bool[Array, "*b n"]) -> Int[Array, "*b n"]:
-    """`cumsum` along the last axis by a log-depth scan: XLA CPU lowers `cumsum`
-    to a window reduction of n^2 work (for W2, 1.7x the cost of `_first_true`)."""
-    return jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32), axis=-1)
 
 
 def _faces_chain(g, h, free, lo: float) -> Float[Array, "m k"]:

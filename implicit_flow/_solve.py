@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from ._custom_types import Params
 from ._data import Dataset
 from ._kinks import KinkSolver
+from ._lanes import fsal
 from ._loss import AbstractLoss, SumSquareLoss
 from ._objective import AbstractFlow, diagnose, GradientFlow, Objective
 from ._result import FlowResult, Status, STATUS_CODE, status_from_code
@@ -336,21 +337,16 @@ def count_evals(solver, steps_tried, fsal_check: bool = False):
     at the start (initial step, FSAL or first check). Exact to within those
     start-up evaluations and the FSAL refreshes after kink crossings; -1 for
     solvers whose stage count is not fixed (implicit ones)."""
-    fsal = _fsal(solver)
+    last_stage = fsal(solver)
     if isinstance(solver, dfx.Euler):
         per_step = 1
     elif isinstance(solver, dfx.AbstractERK) and isinstance(
         solver.tableau, dfx.ButcherTableau
     ):
-        per_step = len(solver.tableau.c) + (0 if fsal else 1)
+        per_step = len(solver.tableau.c) + (0 if last_stage else 1)
     else:
         return jnp.asarray(-1)
-    return (per_step + (not (fsal_check and fsal))) * steps_tried + 2
-
-
-def _fsal(solver) -> bool:
-    tableau = getattr(solver, "tableau", None)
-    return isinstance(solver, dfx.AbstractERK) and getattr(tableau, "fsal", False)
+    return (per_step + (not (fsal_check and last_stage))) * steps_tried + 2
 
 
 def end_velocity(
@@ -363,7 +359,7 @@ def end_velocity(
     if isinstance(solver, KinkSolver):
         inner = end_velocity(solver.solver, solver_state.inner)
         return None if inner is None else (inner[0], inner[1] & solver_state.fresh)
-    if not _fsal(solver):
+    if not fsal(solver):
         return None
     first_step, f1 = solver_state
     return f1, ~first_step

@@ -237,13 +237,12 @@ def _fixed_output_net(seed, kinks):
 
 def test_five_entries_of_one_neuron_slide_at_once_with_more_kink_slots():
     # a fixed-output net whose exact flow slides on a face with five entries of one
-    # neuron: 3 (the default) or 4 slots stall there; 6 go through the active-set
-    # QP and reach the exact limit
+    # neuron: 4 slots stall there (3, the default, too: not run, to save its
+    # compile); 6 go through the active-set QP and reach the exact limit
     model, data, exact = _fixed_output_net(927326485, 5)
-    for kinks in (3, 4):
-        flow = imf.FilippovFlow(max_kinks=kinks, kink_neurons=None)
-        result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
-        assert result.status == imf.Status.step_limit
+    flow = imf.FilippovFlow(max_kinks=4, kink_neurons=None)
+    result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
+    assert result.status == imf.Status.step_limit
     flow = imf.FilippovFlow(max_kinks=6, kink_neurons=None)
     result = imf.solve_flow(model, data, flow=flow, max_steps=3000)
     assert result.status == imf.Status.converged
@@ -256,8 +255,8 @@ def test_four_entries_of_one_neuron_slide_in_the_lane_pool_with_four_kink_slots(
 ):
     # in a pool the lanes' box QPs are solved together (here forced, on 2 rows a
     # lane), a fourth slot's 81 faces only where one exists. Member 0's exact flow
-    # slides on a face with four entries of one neuron, where 3 slots stall;
-    # member 1, another start on the same data, converges either way. With
+    # slides on a face with four entries of one neuron (3 slots stall there: not
+    # run, to save its compile); member 1 is another start on the same data. With
     # max_kinks=4 both reach their exact limits
     import implicit_flow._nonsmooth as nonsmooth
 
@@ -271,8 +270,6 @@ def test_four_entries_of_one_neuron_slide_in_the_lane_pool_with_four_kink_slots(
         jnp.stack([model.hidden_weight, w1])
     )
     kwargs = dict(engine=imf.LanePool(lanes=2), max_steps=3000)
-    three = imf.solve_ensemble(model, data, inits, flow=imf.FilippovFlow(), **kwargs)
-    assert imf.status_names(three.status).tolist() == ["stalled", "converged"]
     four = imf.solve_ensemble(
         model, data, inits, flow=imf.FilippovFlow(max_kinks=4), **kwargs
     )
