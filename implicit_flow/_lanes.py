@@ -28,7 +28,7 @@ from ._chunks import in_chunks
 _REFRESH_CHUNKS = 4  # a pool's lanes / the lanes of one chunk of `refresh_first_stages`
 # Narrower pools (a `LanePool`'s narrow one) evaluate the first stage of every lane,
 # as Diffrax does: the refresh's copy of the field costs ~5 s of compile a loop on
-# W2, more than it saves in a narrow pool's few steps
+# W2, for the few steps of a narrow pool
 _REFRESH_LANES = 16
 
 
