@@ -482,11 +482,15 @@ def _pool_loop(
     # a pool of `narrow` lanes: stragglers (a flow 10x slower than the median, one
     # that runs to max_steps) then no longer pay for the whole pool's width
     # (`LanePool.narrow_width`).
-    # blank lanes of either width, from one start built outside the loops (every
-    # copy of `start` traces the field three times: compile time)
+    # blank lanes of either width, from one start built outside the loops, with a
+    # set first step: an idle lane's values are never read, and Diffrax's initial
+    # step selection would trace the field twice more (~5 s of compile each)
+    given_step = eqx.tree_at(
+        lambda p: p.dt0, problem, jnp.asarray(1e-6), is_leaf=lambda x: x is None
+    )
     blank = eqx.tree_at(
         lambda l: (l.index, l.code),
-        problem.start(jnp.asarray(0), y_like),
+        given_step.start(jnp.asarray(0), y_like),
         (jnp.asarray(num), jnp.asarray(_IDLE)),
     )
     idle = {

@@ -99,7 +99,8 @@ def test_pool_size_does_not_change_results():
     inits = _mixed_inits(model)
     runs = [
         imf.solve_ensemble(model, data, inits, gtol=GTOL, engine=engine)
-        # (XLA rounds batched matmuls of width < 4 differently, ~1e-12 after 1000 steps)
+        # (XLA rounds batched matmuls of other widths differently, by CPU too: up to
+        # 2.7e-12 after 1000 steps on an AVX2 machine; a lane mixed up is off by > 1e-3)
         for engine in (
             imf.LanePool(lanes=4),
             imf.LanePool(lanes=5, refill_every=3, narrow=4),
@@ -108,7 +109,7 @@ def test_pool_size_does_not_change_results():
     ]
     for run in runs[1:]:
         for a, b in zip(runs[0].model.weights, run.model.weights):
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
 def test_lane_pool_matches_plain_vmap_and_the_exact_limits():
